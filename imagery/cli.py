@@ -1,0 +1,220 @@
+"""The `berthwatch` command: one subcommand per pipeline stage.
+
+Each handler is short: it parses its options, calls the stage's module and prints. Expected
+failures (bad input, missing credentials) leave as `UserError` with exit status 2 and one
+clear line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from imagery.ports import Port, PortsError, get_port, load_ports
+from imagery.scene import SceneError, parse_time
+
+
+class UserError(Exception):
+    """An error the user can fix; printed without a traceback, exit status 2."""
+
+
+def _date(text: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date or time") from None
+
+
+def _end_date(text: str) -> datetime:
+    moment = _date(text)
+    # A bare date as --end means the whole of that day.
+    return moment + timedelta(days=1) - timedelta(seconds=1) if len(text.strip()) == 10 else moment
+
+
+def _ports(args: argparse.Namespace) -> dict[str, Port]:
+    return load_ports(args.ports)
+
+
+def _port(args: argparse.Namespace) -> Port:
+    return get_port(args.port, args.ports)
+
+
+# --- ports, scenes -------------------------------------------------------------------------
+
+
+def cmd_ports(args: argparse.Namespace) -> int:
+    for port in _ports(args).values():
+        print(f"{port.name}  {port.title}  EPSG:{port.epsg}  AOI {port.aoi_area_km2:.1f} km2  "
+              f"({port.path})")
+        for zone in port.zones:
+            area = port.to_utm(zone.geometry).area / 1e6
+            flag = "  [approximate]" if zone.approximate else ""
+            print(f"    {zone.kind:9s} {zone.name:32s} {area:6.2f} km2{flag}")
+    return 0
+
+
+def cmd_scenes(args: argparse.Namespace) -> int:
+    from imagery.workspace import Workspace
+
+    ws = Workspace.open(args.workspace)
+    records = ws.list_scenes(args.port)
+    if not records:
+        print(f"workspace {ws.root} holds no scenes yet")
+        return 0
+    print(f"{'scene_id':40s} {'port':10s} {'acquired':20s} {'status':8s} {'cloud':>6s}  note")
+    for r in records:
+        cloud = "" if r.cloud_fraction is None else f"{r.cloud_fraction:.0%}"
+        note = r.reason or ("simulated" if r.simulated else r.source)
+        print(f"{r.scene_id:40s} {r.port:10s} {r.acquisition_time or '-':20s} {r.status:8s} "
+              f"{cloud:>6s}  {note}")
+    return 0
+
+
+# --- search, fetch ---------------------------------------------------------------------------
+
+
+def _source(args: argparse.Namespace):
+    if args.source == "local":
+        from imagery.sources import LocalFolderSource
+
+        if not args.from_dir:
+            raise UserError("--source local needs --from DIR")
+        try:
+            return LocalFolderSource(args.from_dir)
+        except FileNotFoundError as exc:
+            raise UserError(str(exc)) from None
+    if args.source == "simulated":
+        from imagery.simulate import SimulatedSource
+
+        return SimulatedSource(seed=args.seed)
+    from imagery.sentinelhub_source import CredentialsMissing, SentinelHubSource
+
+    try:
+        return SentinelHubSource.from_env()
+    except CredentialsMissing as exc:
+        raise UserError(str(exc)) from None
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    port, source = _port(args), _source(args)
+    refs = source.search(port, args.start, args.end, args.max_cloud)
+    print(f"{len(refs)} scene(s) of {port.name} from {source.name}, "
+          f"{args.start:%Y-%m-%d} to {args.end:%Y-%m-%d}, tile cloud <= {args.max_cloud:g}%")
+    for ref in refs:
+        cloud = "" if ref.cloud_cover is None else f"{ref.cloud_cover:5.1f}%"
+        print(f"  {ref.scene_id}  {ref.acquisition_time:%Y-%m-%dT%H:%M:%SZ}  {cloud}")
+    return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from imagery.sources import fetch_into_workspace
+    from imagery.workspace import Workspace
+
+    port, source = _port(args), _source(args)
+    ws = Workspace.open(args.workspace)
+    refs = source.search(port, args.start, args.end, args.max_cloud)
+    counts: dict[str, int] = {}
+    for ref in tqdm(refs, desc=f"fetch {port.name}", unit="scene"):
+        outcome = fetch_into_workspace(source, ref, port, ws, args.max_cloud)
+        counts[outcome.status] = counts.get(outcome.status, 0) + 1
+        if outcome.reason:
+            tqdm.write(f"  {outcome.status}: {ref.scene_id}: {outcome.reason}")
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "nothing found"
+    print(f"{port.name}: {summary} (workspace {ws.root})")
+    return 1 if counts.get("failed") else 0
+
+
+# --- simulate --------------------------------------------------------------------------------
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from imagery.simulate import simulate_scene_file
+
+    port = _port(args)
+    truth = simulate_scene_file(port, args.date, Path(args.out), seed=args.seed,
+                                cloud_fraction=args.cloud)
+    print(f"SIMULATED scene of {port.name} at {args.date:%Y-%m-%dT%H:%M:%SZ} written to "
+          f"{args.out} with {len(truth.vessels)} simulated vessels (truth: {truth.truth_path})")
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+
+def _add_selection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", required=True, help="port name (see `berthwatch ports`)")
+    p.add_argument("--start", required=True, type=_date, help="first date, ISO 8601")
+    p.add_argument("--end", required=True, type=_end_date, help="last date, ISO 8601")
+    p.add_argument("--max-cloud", type=float, default=30.0,
+                   help="cloud limit in percent (default 30)")
+    p.add_argument("--source", choices=("sentinelhub", "local", "simulated"),
+                   default="sentinelhub", help="where scenes come from (default sentinelhub)")
+    p.add_argument("--from", dest="from_dir", help="folder of scene GeoTIFFs for --source local")
+    p.add_argument("--seed", type=int, default=0, help="seed for --source simulated")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--ports", metavar="DIR", help="folder of port GeoJSON files "
+                        "(default: the shipped Chongjin and Vostochny)")
+    common.add_argument("--workspace", metavar="DIR",
+                        help="workspace folder (default $BERTHWATCH_HOME or ~/.berthwatch)")
+    common.add_argument("-v", "--verbose", action="store_true", help="log more")
+
+    parser = argparse.ArgumentParser(
+        prog="berthwatch",
+        description="Count berthed vessels in Sentinel-2 scenes and surface undeclared port calls.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(handler=handler)
+        return p
+
+    add("ports", cmd_ports, "list ports, AOI area and berth zones")
+    add("scenes", cmd_scenes, "list the scenes the workspace holds").add_argument("--port")
+    _add_selection(add("search", cmd_search, "search scenes of a port in a time range"))
+    _add_selection(add("fetch", cmd_fetch, "fetch scenes of a port into the workspace"))
+    p = add("simulate", cmd_simulate, "write a SIMULATED scene of a port (with its truth)")
+    p.add_argument("--port", required=True)
+    p.add_argument("--date", required=True, type=_date)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cloud", type=float, default=0.0, help="cloud cover to simulate, 0-1")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args) or 0)
+    except (UserError, PortsError, SceneError) as exc:
+        print(f"berthwatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _json_default(value):
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat()
+    return str(value)
+
+
+def print_json(data) -> None:
+    print(json.dumps(data, indent=2, default=_json_default))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""The scene format: the contract every later stage reads.
+
+A scene is a multi-band GeoTIFF whose band descriptions name the bands (B02 B03 B04 B08 B11,
+optional SCL), with tags REFLECTANCE_SCALE, ACQUISITION_TIME (or ACQUISITION_DATE), SCENE_ID,
+PORT and SOURCE, in any CRS measured in metres. `open_scene` validates a file against that
+contract and raises `SceneError` naming the file and the problem; nothing here writes in place.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+
+SCENE_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B08", "B11")
+SCL_BAND = "SCL"
+DEFAULT_REFLECTANCE_SCALE = 10000.0
+# SCL classes that hide the surface: no data, saturated, cloud shadow, cloud medium/high
+# probability, thin cirrus. Snow (11) is left visible: ice in port is still a surface.
+SCL_OBSCURED = (0, 1, 3, 8, 9, 10)
+SCL_WATER = 6
+
+
+class SceneError(ValueError):
+    """A file that is not a usable scene; the message names the file and what is wrong."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class SceneInfo:
+    path: Path
+    scene_id: str
+    port: str | None
+    source: str
+    acquisition_time: datetime | None
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+    bands: tuple[str, ...]
+    reflectance_scale: float
+    dtype: str
+    simulated: bool = False
+    tags: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        """(left, bottom, right, top) in the scene CRS."""
+        return _bounds(self.transform, self.width, self.height)
+
+    @property
+    def has_scl(self) -> bool:
+        return SCL_BAND in self.bands
+
+    @property
+    def pixel_size_map(self) -> float:
+        return float(abs(self.transform.a))
+
+    @property
+    def ground_scale(self) -> float:
+        """Ground metres per map unit at the scene centre (1 for UTM, cos(lat) for EPSG:3857)."""
+        return ground_scale(self.crs, self.transform, self.width, self.height)
+
+    @property
+    def pixel_size_m(self) -> float:
+        """True ground size of one pixel in metres."""
+        return self.pixel_size_map * self.ground_scale
+
+    def band_index(self, name: str) -> int:
+        """1-based rasterio band index of a named band."""
+        try:
+            return self.bands.index(name) + 1
+        except ValueError:
+            have = " ".join(self.bands)
+            raise SceneError(self.path, f"has no band {name} (bands: {have})") from None
+
+
+def _bounds(transform: Affine, width: int, height: int) -> tuple[float, float, float, float]:
+    left, top = transform * (0, 0)
+    right, bottom = transform * (width, height)
+    return (min(left, right), min(top, bottom), max(left, right), max(top, bottom))
+
+
+def ground_scale(crs: CRS, transform: Affine, width: int, height: int) -> float:
+    """Ground metres per map unit: Web Mercator stretches by 1/cos(latitude)."""
+    if crs.to_epsg() != 3857:
+        return 1.0
+    _, y = transform * (width / 2, height / 2)
+    lat = math.degrees(2 * math.atan(math.exp(y / 6378137.0)) - math.pi / 2)
+    return math.cos(math.radians(lat))
+
+
+def parse_time(value: str) -> datetime:
+    """ISO 8601 time or date, returned as an aware UTC datetime."""
+    text = value.strip().replace("Z", "+00:00")
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def open_scene(
+    path: str | os.PathLike, require_bands: tuple[str, ...] | None = SCENE_BANDS
+) -> SceneInfo:
+    """Open and validate a scene. `require_bands=None` accepts any named subset of bands."""
+    path = Path(path)
+    if not path.exists():
+        raise SceneError(path, "no such file")
+    try:
+        with rasterio.open(path) as src:
+            profile_dtype = src.dtypes[0]
+            crs, transform = src.crs, src.transform
+            width, height, count = src.width, src.height, src.count
+            descriptions = src.descriptions
+            tags = src.tags()
+            # Reading one block proves the pixel data is there, not just the header.
+            src.read(1, window=Window(0, 0, min(width, 64), min(height, 64)))
+            if height > 1 or width > 1:
+                src.read(count, window=Window(width - 1, height - 1, 1, 1))
+    except RasterioIOError as exc:
+        raise SceneError(path, f"not a readable GeoTIFF ({_short(exc)})") from None
+    except rasterio.errors.RasterioError as exc:
+        raise SceneError(path, f"corrupt or truncated GeoTIFF ({_short(exc)})") from None
+
+    bands = tuple((d or "").strip().upper() for d in descriptions)
+    if not all(bands):
+        raise SceneError(path, "band descriptions must name every band (e.g. B02 B03 B04 B08 B11)")
+    if len(set(bands)) != len(bands):
+        raise SceneError(path, f"duplicate band names: {' '.join(bands)}")
+    if require_bands:
+        missing = [b for b in require_bands if b not in bands]
+        if missing:
+            raise SceneError(path, f"missing bands {' '.join(missing)} (has {' '.join(bands)})")
+    if profile_dtype not in ("uint16", "float32"):
+        raise SceneError(path, f"dtype {profile_dtype} is not reflectance (uint16 or float32)")
+    if crs is None:
+        raise SceneError(path, "has no CRS")
+    if not crs.is_projected or (crs.linear_units or "").lower() not in ("metre", "meter", "m"):
+        raise SceneError(path, f"CRS {crs.to_string()} is not in metres (use UTM or EPSG:3857)")
+    if transform.b != 0 or transform.d != 0:
+        raise SceneError(path, "rotated rasters are not supported")
+
+    scale_text = tags.get("REFLECTANCE_SCALE", "")
+    if scale_text:
+        try:
+            scale = float(scale_text)
+        except ValueError:
+            raise SceneError(path, f"REFLECTANCE_SCALE {scale_text!r} is not a number") from None
+        if not scale > 0:
+            raise SceneError(path, f"REFLECTANCE_SCALE {scale_text!r} must be positive")
+    elif profile_dtype == "float32":
+        scale = 1.0
+    else:
+        scale = DEFAULT_REFLECTANCE_SCALE
+
+    when_text = tags.get("ACQUISITION_TIME") or tags.get("ACQUISITION_DATE")
+    acquired = None
+    if when_text:
+        try:
+            acquired = parse_time(when_text)
+        except ValueError:
+            raise SceneError(path, f"acquisition time {when_text!r} is not ISO 8601") from None
+
+    source = tags.get("SOURCE", "local")
+    return SceneInfo(
+        path=path,
+        scene_id=tags.get("SCENE_ID") or _default_scene_id(path),
+        port=tags.get("PORT") or None,
+        source=source,
+        acquisition_time=acquired,
+        crs=crs,
+        transform=transform,
+        width=width,
+        height=height,
+        bands=bands,
+        reflectance_scale=scale,
+        dtype=profile_dtype,
+        simulated=source == "simulated" or tags.get("SIMULATED", "").lower() == "true",
+        tags=tags,
+    )
+
+
+def _default_scene_id(path: Path) -> str:
+    # The sen2ships layout names every file scene.tif; its folder names the port.
+    return path.parent.name if path.stem == "scene" else path.stem
+
+
+def _short(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:200]
+
+
+def read_reflectance(
+    info: SceneInfo,
+    bands: tuple[str, ...] = SCENE_BANDS,
+    window: Window | None = None,
+    fill: float = 0.0,
+) -> np.ndarray:
+    """Read bands as float32 reflectance (C, H, W). Bands the scene lacks come back as NaN;
+    a window reaching past the scene edge is padded with `fill`."""
+    win = window or Window(0, 0, info.width, info.height)
+    out = np.full((len(bands), int(win.height), int(win.width)), fill, dtype=np.float32)
+    present = [(i, info.bands.index(b) + 1) for i, b in enumerate(bands) if b in info.bands]
+    try:
+        with rasterio.open(info.path) as src:
+            if present:
+                data = src.read(
+                    [ix for _, ix in present], window=win, boundless=True, fill_value=0
+                ).astype(np.float32)
+                for k, (i, _) in enumerate(present):
+                    out[i] = data[k] / info.reflectance_scale
+    except rasterio.errors.RasterioError as exc:
+        raise SceneError(info.path, f"cannot read pixels ({_short(exc)})") from None
+    for i, b in enumerate(bands):
+        if b not in info.bands:
+            out[i] = np.nan
+    _pad_outside(out, win, info, fill)
+    return out
+
+
+def _pad_outside(out: np.ndarray, win: Window, info: SceneInfo, fill: float) -> None:
+    col0, row0 = int(win.col_off), int(win.row_off)
+    h, w = out.shape[-2:]
+    inside_rows = slice(max(0, -row0), max(0, min(h, info.height - row0)))
+    inside_cols = slice(max(0, -col0), max(0, min(w, info.width - col0)))
+    mask = np.ones((h, w), dtype=bool)
+    mask[inside_rows, inside_cols] = False
+    out[..., mask] = fill
+
+
+def read_scl(info: SceneInfo, window: Window | None = None) -> np.ndarray | None:
+    """The scene classification layer (uint8) or None when the scene has none. Outside the
+    scene reads as 0 (no data)."""
+    if not info.has_scl:
+        return None
+    win = window or Window(0, 0, info.width, info.height)
+    with rasterio.open(info.path) as src:
+        return src.read(
+            info.band_index(SCL_BAND), window=win, boundless=True, fill_value=0
+        ).astype(np.uint8)
+
+
+def write_scene(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    band_names: tuple[str, ...],
+    crs: CRS | str,
+    transform: Affine,
+    *,
+    scene_id: str,
+    port: str | None,
+    source: str,
+    acquisition_time: datetime | None,
+    reflectance_scale: float = DEFAULT_REFLECTANCE_SCALE,
+    extra_tags: dict[str, str] | None = None,
+) -> Path:
+    """Write a scene atomically (temporary file in the same folder, then rename), so a crash or
+    a full disk never leaves a half-written scene where a good one was."""
+    path = Path(path)
+    if data.ndim != 3 or data.shape[0] != len(band_names):
+        raise ValueError(f"data shape {data.shape} does not match bands {band_names}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tags = {
+        "REFLECTANCE_SCALE": f"{reflectance_scale:g}",
+        "SCENE_ID": scene_id,
+        "SOURCE": source,
+        "PORT": port or "",
+    }
+    if acquisition_time is not None:
+        tags["ACQUISITION_TIME"] = acquisition_time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    tags.update(extra_tags or {})
+    _, height, width = data.shape
+    tiled = height >= 256 and width >= 256
+    profile = dict(
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=data.shape[0],
+        dtype=str(data.dtype),
+        crs=CRS.from_user_input(crs),
+        transform=transform,
+        compress="deflate",
+        predictor=2,
+        tiled=tiled,
+        interleave="pixel",
+    )
+    if tiled:
+        profile.update(blockxsize=256, blockysize=256)
+    fd, tmp_name = tempfile.mkstemp(prefix=".tmp-", suffix=".tif", dir=path.parent)
+    os.close(fd)
+    try:
+        with rasterio.open(tmp_name, "w", **profile) as dst:
+            dst.write(data)
+            dst.update_tags(**tags)
+            for i, name in enumerate(band_names, start=1):
+                dst.set_band_description(i, name)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,173 @@
+"""Scene sources behind one interface: search a port and a time range with a cloud limit,
+fetch one scene into a path. `fetch_into_workspace` is the one place that stores scenes, so
+every source gets the same idempotence, validation and skip rules.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from rasterio import features as rio_features
+from rasterio.warp import transform_geom
+
+from imagery.ports import Port
+from imagery.scene import SCL_OBSCURED, SceneError, SceneInfo, open_scene, read_scl
+from imagery.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SceneRef:
+    """One scene a source can deliver."""
+
+    scene_id: str
+    port: str
+    acquisition_time: datetime
+    source: str
+    cloud_cover: float | None = None  # the provider's tile-wide figure, 0-100, if any
+    extra: dict = field(default_factory=dict, compare=False)
+
+
+class SceneSource(Protocol):
+    name: str
+
+    def search(
+        self, port: Port, start: datetime, end: datetime, max_cloud: float = 100.0
+    ) -> list[SceneRef]: ...
+
+    def fetch(self, ref: SceneRef, port: Port, dest: Path) -> Path:
+        """Write the scene in the scene format at `dest` (atomically) and return it."""
+        ...
+
+
+class LocalFolderSource:
+    """GeoTIFFs already in the scene format, found recursively under a folder."""
+
+    name = "local"
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise FileNotFoundError(f"{self.folder}: scene folder does not exist")
+
+    def search(
+        self, port: Port, start: datetime, end: datetime, max_cloud: float = 100.0
+    ) -> list[SceneRef]:
+        refs = []
+        for path in sorted(self.folder.rglob("*.tif")):
+            try:
+                info = open_scene(path)
+            except SceneError as exc:
+                log.warning("skipped %s", exc)
+                continue
+            if info.port not in (None, port.name) or info.acquisition_time is None:
+                continue
+            if start <= info.acquisition_time <= end:
+                refs.append(SceneRef(info.scene_id, port.name, info.acquisition_time,
+                                     self.name, extra={"path": str(path)}))
+        return refs
+
+    def fetch(self, ref: SceneRef, port: Port, dest: Path) -> Path:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".tmp-{dest.name}")
+        shutil.copyfile(ref.extra["path"], tmp)
+        os.replace(tmp, dest)
+        return dest
+
+
+def aoi_mask(info: SceneInfo, port: Port) -> np.ndarray:
+    """Boolean mask of the scene pixels inside the port's AOI."""
+    geom = transform_geom("EPSG:4326", info.crs, port.aoi.__geo_interface__)
+    return rio_features.geometry_mask(
+        [geom], out_shape=(info.height, info.width), transform=info.transform, invert=True
+    )
+
+
+def aoi_cloud_fraction(info: SceneInfo, port: Port) -> float | None:
+    """Fraction of the AOI hidden (cloud, shadow, cirrus, no data) according to SCL; None
+    when the scene has no SCL. Raises SceneError when the AOI misses the scene."""
+    inside = aoi_mask(info, port)
+    if not inside.any():
+        raise SceneError(info.path, f"the AOI of port {port.name} does not overlap the scene")
+    scl = read_scl(info)
+    if scl is None:
+        return None
+    return float(np.isin(scl[inside], SCL_OBSCURED).mean())
+
+
+@dataclass
+class FetchOutcome:
+    ref: SceneRef
+    status: str  # 'stored' | 'exists' | 'skipped' | 'failed'
+    reason: str | None = None
+    path: Path | None = None
+    cloud_fraction: float | None = None
+
+
+def fetch_into_workspace(
+    source: SceneSource,
+    ref: SceneRef,
+    port: Port,
+    workspace: Workspace,
+    max_cloud: float = 100.0,
+) -> FetchOutcome:
+    """Fetch one scene unless the catalog has it; validate it; skip (and record why) a scene
+    that is unusable or clouded over the AOI. Never raises for a bad scene, and never touches
+    a scene already stored."""
+    if workspace.has_stored_scene(ref.scene_id):
+        return FetchOutcome(ref, "exists", path=_stored_path(workspace, ref.scene_id))
+    dest = workspace.scene_path(port.name, ref.acquisition_time, ref.scene_id)
+    try:
+        source.fetch(ref, port, dest)
+        info = open_scene(dest)
+        cloud = aoi_cloud_fraction(info, port)
+    except SceneError as exc:
+        return _skip(workspace, ref, port, dest, f"unusable scene: {exc.reason}")
+    except OSError as exc:
+        reason = "disk full" if exc.errno == errno.ENOSPC else f"I/O error: {exc}"
+        return _fail(workspace, ref, port, dest, reason)
+    except Exception as exc:  # network and provider errors: recorded, retried on a later run
+        return _fail(workspace, ref, port, dest, f"{type(exc).__name__}: {exc}")
+    if cloud is not None and cloud >= 0.999:
+        return _skip(workspace, ref, port, dest, "all cloud over the AOI", cloud)
+    if cloud is not None and cloud * 100 > max_cloud:
+        return _skip(workspace, ref, port, dest, f"AOI {cloud:.0%} clouded > {max_cloud:g}%", cloud)
+    workspace.record_scene(
+        scene_id=ref.scene_id, port=port.name, source=ref.source,
+        acquisition_time=ref.acquisition_time, status="stored", path=dest,
+        cloud_fraction=cloud, simulated=info.simulated,
+    )
+    return FetchOutcome(ref, "stored", path=dest, cloud_fraction=cloud)
+
+
+def _stored_path(workspace: Workspace, scene_id: str) -> Path | None:
+    record = workspace.scene(scene_id)
+    return Path(record.path) if record and record.path else None
+
+
+def _skip(ws: Workspace, ref: SceneRef, port: Port, dest: Path, reason: str,
+          cloud: float | None = None) -> FetchOutcome:
+    dest.unlink(missing_ok=True)
+    ws.record_scene(scene_id=ref.scene_id, port=port.name, source=ref.source,
+                    acquisition_time=ref.acquisition_time, status="skipped", reason=reason,
+                    cloud_fraction=cloud)
+    return FetchOutcome(ref, "skipped", reason, cloud_fraction=cloud)
+
+
+def _fail(ws: Workspace, ref: SceneRef, port: Port, dest: Path, reason: str) -> FetchOutcome:
+    dest.unlink(missing_ok=True)
+    try:
+        ws.record_scene(scene_id=ref.scene_id, port=port.name, source=ref.source,
+                        acquisition_time=ref.acquisition_time, status="failed", reason=reason)
+    except OSError:
+        pass  # the disk may be the thing that failed; the outcome still reports it
+    return FetchOutcome(ref, "failed", reason)
