@@ -145,6 +145,93 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- detect ----------------------------------------------------------------------------------
+
+
+def cmd_detect(args: argparse.Namespace) -> int:
+    from imagery.detector import DetectorError, detect_scene
+
+    port = get_port(args.port, args.ports) if args.port else None
+    try:
+        collection = detect_scene(args.scene, args.out, port=port, csv_path=args.csv,
+                                  threshold=args.threshold, weights=args.weights,
+                                  threads=args.threads)
+    except DetectorError as exc:
+        raise UserError(str(exc)) from None
+    top = collection["properties"]
+    print(f"{top['count']} vessel(s) in {top['scene_id']} (model {top['model']}, "
+          f"threshold {top['threshold']:g}) -> {args.out}")
+    for name, zone in top.get("zones", {}).items():
+        print(f"    {name:32s} {zone['count']:3d} vessels, {zone['visible_fraction']:.0%} visible")
+    if top.get("simulated"):
+        print("    (SIMULATED scene)")
+    return 0
+
+
+# --- run, watch, alerts ----------------------------------------------------------------------
+
+
+def _run_once(args: argparse.Namespace) -> int:
+    from imagery.pipeline import RunLocked, open_workspace, run_pass
+
+    ports = [_port(args)] if args.port else list(_ports(args).values())
+    source = None if args.no_fetch else _source(args)
+    end = datetime.now(UTC)
+    start = args.since or end - timedelta(days=14)
+    ws = open_workspace(args.workspace)
+    try:
+        report = run_pass(ws, ports, source, start, end, max_cloud=args.max_cloud,
+                          weights=args.weights, threshold=args.threshold)
+    except RunLocked as exc:
+        raise UserError(str(exc)) from None
+    fetched = ", ".join(f"{v} {k}" for k, v in sorted(report.fetched.items())) or "none new"
+    print(f"scenes fetched: {fetched}; processed: {len(report.processed)}; "
+          f"alerts: {report.alerts}; failed: {len(report.failed)}")
+    for what, reason in report.failed.items():
+        print(f"    failed {what}: {reason}")
+    return 1 if report.failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    return _run_once(args)
+
+
+def _interval(text: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        value, unit = float(text[:-1]), units[text[-1]]
+    except (ValueError, KeyError, IndexError):
+        message = f"{text!r} is not an interval like 30m, 6h or 1d"
+        raise argparse.ArgumentTypeError(message) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"interval {text!r} must be positive")
+    return timedelta(seconds=value * unit)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    import time
+
+    passes = 0
+    while True:
+        started = time.monotonic()
+        print(f"[{datetime.now(UTC):%Y-%m-%d %H:%M:%SZ}] berthwatch run")
+        _run_once(args)  # one failed pass is reported, not fatal: the next one retries
+        passes += 1
+        if args.max_passes and passes >= args.max_passes:
+            return 0
+        time.sleep(max(0.0, args.every.total_seconds() - (time.monotonic() - started)))
+
+
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from imagery.alerts import format_alerts, query_alerts
+    from imagery.pipeline import open_workspace
+
+    ws = open_workspace(args.workspace)
+    rows = query_alerts(ws, port=args.port, since=args.since)
+    sys.stdout.write(format_alerts(rows, args.format))
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -189,6 +276,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cloud", type=float, default=0.0, help="cloud cover to simulate, 0-1")
+    p = add("detect", cmd_detect, "detect vessels in a scene and write GeoJSON")
+    p.add_argument("scene", help="scene GeoTIFF in the scene format")
+    p.add_argument("--port", help="port whose berth zones to count (default: none)")
+    p.add_argument("--out", required=True, help="detections GeoJSON to write")
+    p.add_argument("--csv", help="also write the detections as CSV")
+    p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
+    p.add_argument("--weights", help="weights name or .pt file (default: the shipped model)")
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    for name, handler, text in (
+        ("run", cmd_run, "one pass: search, fetch, detect, reconcile, alert"),
+        ("watch", cmd_watch, "repeat `run` every interval"),
+    ):
+        p = add(name, handler, text)
+        p.add_argument("--port", help="one port (default: all)")
+        p.add_argument("--since", type=_date, help="search scenes since (default: 14 days ago)")
+        p.add_argument("--max-cloud", type=float, default=30.0)
+        p.add_argument("--source", choices=("sentinelhub", "local", "simulated"),
+                       default="sentinelhub")
+        p.add_argument("--from", dest="from_dir", help="folder of scenes for --source local")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--no-fetch", action="store_true",
+                       help="only process scenes already in the workspace")
+        p.add_argument("--weights")
+        p.add_argument("--threshold", type=float)
+        if name == "watch":
+            p.add_argument("--every", type=_interval, default=_interval("6h"))
+            p.add_argument("--max-passes", type=int, default=0, help=argparse.SUPPRESS)
+    p = add("alerts", cmd_alerts, "list undeclared port calls (unmatched berthed vessels)")
+    p.add_argument("--port")
+    p.add_argument("--since", type=_date)
+    p.add_argument("--format", choices=("table", "csv", "geojson"), default="table")
     return parser
 
 

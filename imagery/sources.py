@@ -123,8 +123,11 @@ def fetch_into_workspace(
     """Fetch one scene unless the catalog has it; validate it; skip (and record why) a scene
     that is unusable or clouded over the AOI. Never raises for a bad scene, and never touches
     a scene already stored."""
+    known = workspace.scene(ref.scene_id)
+    if known and known.status == "skipped":
+        return FetchOutcome(ref, "skipped", f"{known.reason} (recorded earlier)")
     if workspace.has_stored_scene(ref.scene_id):
-        return FetchOutcome(ref, "exists", path=_stored_path(workspace, ref.scene_id))
+        return FetchOutcome(ref, "exists", path=Path(known.path))
     dest = workspace.scene_path(port.name, ref.acquisition_time, ref.scene_id)
     try:
         source.fetch(ref, port, dest)
@@ -147,11 +150,6 @@ def fetch_into_workspace(
         cloud_fraction=cloud, simulated=info.simulated,
     )
     return FetchOutcome(ref, "stored", path=dest, cloud_fraction=cloud)
-
-
-def _stored_path(workspace: Workspace, scene_id: str) -> Path | None:
-    record = workspace.scene(scene_id)
-    return Path(record.path) if record and record.path else None
 
 
 def _skip(ws: Workspace, ref: SceneRef, port: Port, dest: Path, reason: str,

@@ -1,0 +1,77 @@
+"""Undeclared port calls as analysts read them: a table, CSV or GeoJSON."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from datetime import UTC, datetime
+
+from imagery.workspace import Workspace
+
+ALERT_COLUMNS = ("alert_id", "port", "zone", "acquisition_time", "lon", "lat", "score",
+                 "length_m", "episode_id", "reasons", "chip_path", "model", "weights_sha256",
+                 "simulated")
+
+
+def query_alerts(ws: Workspace, port: str | None = None, since: datetime | None = None,
+                 alert_id: str | None = None) -> list[dict]:
+    """Alerts newest first, with their episode's first and last seen."""
+    sql = """SELECT a.*, e.first_seen, e.last_seen, e.scenes AS episode_scenes
+             FROM alerts a LEFT JOIN episodes e ON e.episode_id = a.episode_id WHERE 1=1"""
+    args: list = []
+    if port:
+        sql += " AND a.port = ?"
+        args.append(port)
+    if since:
+        sql += " AND a.acquisition_time >= ?"
+        args.append(since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if alert_id:
+        sql += " AND a.alert_id = ?"
+        args.append(alert_id)
+    sql += " ORDER BY a.acquisition_time DESC, a.alert_id"
+    conn = ws.connect()
+    try:
+        rows = [dict(r) for r in conn.execute(sql, args)]
+    finally:
+        conn.close()
+    for row in rows:
+        row["reasons"] = json.loads(row["reasons"])
+        row["considered"] = json.loads(row["considered"])
+        row["simulated"] = bool(row["simulated"])
+    return rows
+
+
+def format_alerts(rows: list[dict], fmt: str = "table") -> str:
+    if fmt == "geojson":
+        return json.dumps(alerts_geojson(rows), indent=1) + "\n"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(ALERT_COLUMNS + ("first_seen", "last_seen"))
+        for r in rows:
+            writer.writerow([("; ".join(r[c]) if c == "reasons" else r[c]) for c in ALERT_COLUMNS]
+                            + [r.get("first_seen"), r.get("last_seen")])
+        return out.getvalue()
+    if not rows:
+        return "no undeclared port calls\n"
+    lines = [f"{'acquired':20s} {'port':10s} {'zone':26s} {'score':>5s} {'len_m':>6s}  "
+             f"{'episode (first - last seen)':45s} alert"]
+    for r in rows:
+        episode = f"{(r.get('first_seen') or '')[:10]} - {(r.get('last_seen') or '')[:10]}"
+        length = "" if r["length_m"] is None else f"{r['length_m']:.0f}"
+        sim = "  SIMULATED" if r["simulated"] else ""
+        lines.append(f"{r['acquisition_time']:20s} {r['port']:10s} {r['zone'] or '-':26s} "
+                     f"{r['score']:5.2f} {length:>6s}  {episode:45s} {r['alert_id']}{sim}")
+    return "\n".join(lines) + "\n"
+
+
+def alerts_geojson(rows: list[dict]) -> dict:
+    features = []
+    for r in rows:
+        props = {k: r[k] for k in ALERT_COLUMNS if k not in ("lon", "lat")}
+        props.update(first_seen=r.get("first_seen"), last_seen=r.get("last_seen"),
+                     ais_considered=r["considered"])
+        features.append({"type": "Feature", "properties": props,
+                         "geometry": {"type": "Point", "coordinates": [r["lon"], r["lat"]]}})
+    return {"type": "FeatureCollection", "features": features}

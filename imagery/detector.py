@@ -1,0 +1,621 @@
+"""The vessel detector: a small centre-heatmap CNN, its weights registry and scene inference.
+
+The model (`BerthNet`) reads the five scene bands as reflectance, does its own normalisation
+(log reflectance with fixed constants, NDWI, band-presence flags) so that the same weights
+work on any scene, and predicts at full resolution:
+- a centre heatmap (one peak per vessel, CenterNet style; peaks by max-pool NMS),
+- a vessel mask (auxiliary; also used to keep vessels out of the land mask),
+- log length, log width and the axis angle (as sin 2a, cos 2a) at each centre.
+Most of its work happens at 1/2, 1/4 and 1/8 resolution, which keeps it fast on a CPU.
+
+It runs on pixels between 8 and 10 ground metres (`PIXEL_RANGE_M`); scenes outside that range
+(EPSG:3857 at high latitude: 5.8 m at Gdynia) are resampled chip by chip.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pyproj import Transformer
+from rasterio.windows import Window
+from scipy import ndimage
+from torch import nn
+
+from imagery.scene import (
+    SCENE_BANDS,
+    SCL_OBSCURED,
+    SCL_WATER,
+    SceneError,
+    SceneInfo,
+    open_scene,
+    read_scl,
+)
+from imagery.tiling import chip_windows, iter_chips
+
+PIXEL_RANGE_M = (8.0, 10.0)  # ground pixel sizes the model is trained for
+LOG_EPS = 0.01  # log(reflectance + eps): haze and gain become offsets, dark water stays finite
+LOG_CENTER, LOG_SCALE = -2.5, 1.0
+BERTHED_DISTANCE_M = 60.0
+MIN_LAND_AREA_M2 = 50_000.0  # smaller non-water blobs are ships, buoys or noise, not land
+DEFAULT_NAME = "berthnet-s2"
+
+
+class DetectorError(ValueError):
+    """Bad detector input: unusable scene, unknown weights, tampered weights file."""
+
+
+# --------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------
+
+
+def _conv(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride, padding=dilation, dilation=dilation, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class _Residual(nn.Module):
+    def __init__(self, channels: int, dilation: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv(channels, channels, dilation=dilation),
+            nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, bias=False),
+            nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(x + self.body(x))
+
+
+class _Up(nn.Module):
+    """FPN-style merge: upsample the coarse map, project it, add the skip, refine with a 3x3."""
+
+    def __init__(self, coarse: int, fine: int):
+        super().__init__()
+        self.project = nn.Conv2d(coarse, fine, 1, bias=False)
+        self.refine = _conv(fine, fine)
+
+    def forward(self, coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+        up = F.interpolate(self.project(coarse), size=fine.shape[-2:], mode="bilinear")
+        return self.refine(up + fine)
+
+
+class BerthNet(nn.Module):
+    """Centre heatmap + mask + size/angle CNN. Input: (B, 5, H, W) reflectance (H, W multiples
+    of 8) and (B, 5) band presence; missing bands may hold anything (they are zeroed)."""
+
+    def __init__(self, widths: tuple[int, int, int, int] = (16, 32, 64, 96), bands: int = 5):
+        super().__init__()
+        w1, w2, w3, w4 = widths
+        self.widths, self.bands = tuple(widths), bands
+        cin = 2 * bands + 1  # log bands, presence flags, NDWI
+        self.stem = nn.Sequential(_conv(cin, w1), _conv(w1, w1))
+        self.down2 = nn.Sequential(_conv(w1, w2, stride=2), _conv(w2, w2))
+        self.down4 = nn.Sequential(_conv(w2, w3, stride=2), _Residual(w3))
+        # Dilated blocks at 1/8 see ~200 px: enough to tell a quay from a hull.
+        self.down8 = nn.Sequential(_conv(w3, w4, stride=2), _Residual(w4, 2), _Residual(w4, 4))
+        self.up4, self.up2, self.up1 = _Up(w4, w3), _Up(w3, w2), _Up(w2, w1)
+        self.head = _conv(w1, w1)
+        self.out = nn.Conv2d(w1, 1 + 1 + 4, 1)  # heat, mask, log length, log width, sin, cos
+        nn.init.constant_(self.out.bias[0], -4.0)  # CenterNet prior: heat starts near 0.02
+
+    @staticmethod
+    def features(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Scene-independent inputs: log reflectance, presence flags and NDWI (B03, B08)."""
+        p = present.to(x.dtype)[:, :, None, None]
+        x = torch.nan_to_num(x, nan=0.0).clamp(min=0.0, max=2.0) * p
+        logs = (torch.log(x + LOG_EPS) - LOG_CENTER) / LOG_SCALE * p
+        green, nir = x[:, 1:2], x[:, 3:4]
+        ndwi = (green - nir) / (green + nir + 1e-3) * p[:, 1:2] * p[:, 3:4]
+        flags = p.expand(-1, -1, x.shape[2], x.shape[3])
+        return torch.cat([logs, flags, ndwi], dim=1)
+
+    def forward(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        f1 = self.stem(self.features(x, present))
+        f2 = self.down2(f1)
+        f4 = self.down4(f2)
+        f8 = self.down8(f4)
+        y = self.up1(self.up2(self.up4(f8, f4), f2), f1)
+        return self.out(self.head(y))
+
+
+# --------------------------------------------------------------------------------------------
+# Weights registry
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """Metadata of one weights file (torchvision style); `weights/<name>.json` holds it."""
+
+    name: str
+    file: str
+    sha256: str
+    size: int
+    bands: tuple[str, ...] = SCENE_BANDS
+    input_scale: str = "reflectance = DN / REFLECTANCE_SCALE (L2A: 10000)"
+    pixel_range_m: tuple[float, float] = PIXEL_RANGE_M
+    widths: tuple[int, ...] = (16, 32, 64, 96)
+    threshold: float = 0.5
+    metrics: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)
+    params: int = 0
+    directory: str | None = None  # where the file is; None: the packaged weights/
+
+    @property
+    def path(self) -> Path:
+        base = Path(self.directory) if self.directory else packaged_weights_dir()
+        return base / self.file
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data.pop("directory")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict, directory: str | None = None) -> WeightsEntry:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key in ("bands", "pixel_range_m", "widths"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known, directory=directory)
+
+
+def packaged_weights_dir() -> Path:
+    """The installed `weights` package (works from an editable install and from a wheel)."""
+    return Path(str(resources.files("weights")))
+
+
+def registry(directory: str | os.PathLike | None = None) -> dict[str, WeightsEntry]:
+    """Every weights entry (`*.json` beside its `.pt`) in `directory` or the packaged one."""
+    folder = Path(directory) if directory else packaged_weights_dir()
+    entries = {}
+    for meta in sorted(folder.glob("*.json")):
+        try:
+            data = json.loads(meta.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and "sha256" in data and "file" in data:
+            entries[data["name"]] = WeightsEntry.from_json(data, str(folder) if directory else None)
+    return entries
+
+
+def __getattr__(name: str) -> WeightsEntry:
+    # torchvision style `detector.DEFAULT`, resolved lazily so importing needs no weights.
+    if name == "DEFAULT":
+        return get_weights(DEFAULT_NAME)
+    raise AttributeError(name)
+
+
+def get_weights(name_or_path: str | os.PathLike | None = None) -> WeightsEntry:
+    """A registry name (default: DEFAULT_NAME), a `.pt` file or its `.json` metadata."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_NAME
+    text = str(name_or_path)
+    path = Path(text)
+    if path.suffix in (".pt", ".json") or os.sep in text or path.exists():
+        meta = path.with_suffix(".json")
+        if not meta.exists():
+            raise DetectorError(f"{meta}: no metadata beside the weights (expected {meta.name})")
+        try:
+            data = json.loads(meta.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DetectorError(f"{meta}: invalid weights metadata ({exc.msg})") from None
+        return WeightsEntry.from_json(data, str(meta.parent))
+    entries = registry()
+    if text not in entries:
+        known = ", ".join(sorted(entries)) or "none"
+        raise DetectorError(f"unknown weights {text!r}; known: {known}")
+    return entries[text]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None, device: str = "cpu"
+) -> tuple[BerthNet, WeightsEntry]:
+    """Load weights by registry name or path; the sha256 is checked BEFORE unpickling."""
+    entry = get_weights(name_or_path)
+    path = entry.path
+    if not path.exists():
+        raise DetectorError(f"{path}: weights file not found")
+    actual = file_sha256(path)
+    if actual != entry.sha256:
+        raise DetectorError(
+            f"{path}: sha256 mismatch (expected {entry.sha256}, got {actual}); the weights were "
+            "altered or corrupted, refusing to load them"
+        )
+    state = torch.load(path, map_location=device, weights_only=True)
+    model = BerthNet(tuple(entry.widths), len(entry.bands))
+    model.load_state_dict(state)
+    return model.to(device).eval(), entry
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Peak:
+    x: float  # model-grid pixel coordinates (pixel i spans [i, i + 1))
+    y: float
+    score: float
+    length_px: float
+    width_px: float
+    angle: float  # axis angle in the grid, radians, x right / y down, in [0, pi)
+
+
+def decode_peaks(output: torch.Tensor, threshold: float, kernel: int = 3) -> list[list[Peak]]:
+    """Local maxima of the centre heatmap above `threshold`, per batch item."""
+    heat = torch.sigmoid(output[:, 0:1])
+    peaks = (heat == F.max_pool2d(heat, kernel, 1, kernel // 2)) & (heat >= threshold)
+    result: list[list[Peak]] = []
+    for b in range(output.shape[0]):
+        ys, xs = torch.nonzero(peaks[b, 0], as_tuple=True)
+        reg = output[b, 2:6, ys, xs].T.tolist()
+        scores = heat[b, 0, ys, xs].tolist()
+        items = []
+        for y, x, s, (ll, lw, s2, c2) in zip(ys.tolist(), xs.tolist(), scores, reg, strict=True):
+            angle = (0.5 * math.atan2(s2, c2)) % math.pi
+            items.append(Peak(x + 0.5, y + 0.5, s, math.exp(ll), math.exp(lw), angle))
+        result.append(items)
+    return result
+
+
+def heading_from_angle(angle: float) -> float:
+    """Grid axis angle (x right, y down) to an axial heading in degrees clockwise from north."""
+    return math.degrees(math.atan2(math.cos(angle), -math.sin(angle))) % 180.0
+
+
+# --------------------------------------------------------------------------------------------
+# Scene inference
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Detection:
+    px_x: float  # scene pixel coordinates (pixel i spans [i, i + 1))
+    px_y: float
+    score: float
+    length_m: float
+    width_m: float
+    heading_deg: float
+    berthed: bool = False
+    lon: float = 0.0
+    lat: float = 0.0
+    zone: str | None = None
+
+
+def model_pixel_size(native_m: float, pixel_range: tuple[float, float] = PIXEL_RANGE_M) -> float:
+    """The model-grid pixel size for a scene: native when in range, else the nearest bound."""
+    return float(min(max(native_m, pixel_range[0]), pixel_range[1]))
+
+
+def _chip_plan(info: SceneInfo, chip: int, overlap: int, pixel_range) -> tuple[int, int, float]:
+    """Native chip size and overlap for a model chip of `chip` px, and the scale (native px
+    per model px). Within the model's range the scene is used as it is (scale 1)."""
+    native = info.pixel_size_m
+    scale = model_pixel_size(native, pixel_range) / native
+    if abs(scale - 1.0) < 0.02:
+        return chip, overlap, 1.0
+    size = round(chip * scale)
+    return size, math.ceil(overlap * scale), size / chip
+
+
+@torch.inference_mode()
+def _run_batch(model: BerthNet, arrays: list[np.ndarray], present: torch.Tensor, size: int):
+    x = torch.from_numpy(np.stack(arrays))
+    x = torch.nan_to_num(x, nan=0.0)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    device = next(model.parameters()).device
+    out = model(x.to(device), present.expand(x.shape[0], -1).to(device))
+    return out.float().cpu()
+
+
+def water_mask(chip_array: np.ndarray, scl: np.ndarray | None) -> np.ndarray:
+    """Water from SCL class 6 when present, else NDWI(B03, B08) > 0, else dark NIR."""
+    green, nir = chip_array[1], chip_array[3]
+    if scl is not None and (scl == SCL_WATER).any():
+        return scl == SCL_WATER
+    if np.isfinite(green).any() and np.isfinite(nir).any():
+        ndwi = (green - nir) / (green + nir + 1e-6)
+        return np.nan_to_num(ndwi, nan=1.0) > 0.0
+    return np.nan_to_num(nir, nan=0.0) < 0.08
+
+
+def land_distance_mask(
+    water: np.ndarray, vessels: np.ndarray, pixel_m: float, distance_m: float = BERTHED_DISTANCE_M
+) -> np.ndarray:
+    """Pixels within `distance_m` of land. Land is non-water minus the vessels themselves and
+    minus small blobs that do not touch the chip edge (a cut-off coast may be anything)."""
+    land = ~(water | vessels)
+    land = ndimage.binary_opening(land, iterations=1)
+    labels, count = ndimage.label(land)
+    if count:
+        sizes = ndimage.sum_labels(land, labels, index=np.arange(1, count + 1)) * pixel_m**2
+        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+        keep = sizes >= MIN_LAND_AREA_M2
+        keep[edge[edge > 0] - 1] = True
+        land = np.concatenate([[False], keep])[labels]
+    if not land.any():
+        return np.zeros_like(land)
+    return ndimage.distance_transform_edt(~land) * pixel_m <= distance_m
+
+
+def _chip_detections(
+    out: torch.Tensor, peaks: list[Peak], chip, info: SceneInfo, scale: float
+) -> list[Detection]:
+    """Peaks of one chip mapped to scene pixels; keeps only those in the chip's core."""
+    win, core = chip.window, chip.core
+    model_m = info.pixel_size_m * scale
+    native_size = (int(win.height), int(win.width))
+    vessels = torch.sigmoid(out[1:2][None])
+    if vessels.shape[-2:] != native_size:
+        vessels = F.interpolate(vessels, size=native_size, mode="bilinear")
+    near_land = land_distance_mask(
+        water_mask(chip.array, chip.scl), vessels[0, 0].numpy() > 0.5, info.pixel_size_m
+    )
+    found = []
+    for p in peaks:
+        col, row = win.col_off + p.x * scale, win.row_off + p.y * scale
+        if not (core.col_off <= col < core.col_off + core.width):
+            continue
+        if not (core.row_off <= row < core.row_off + core.height):
+            continue
+        r = min(int(row - win.row_off), native_size[0] - 1)
+        c = min(int(col - win.col_off), native_size[1] - 1)
+        found.append(
+            Detection(
+                px_x=col,
+                px_y=row,
+                score=p.score,
+                length_m=p.length_px * model_m,
+                width_m=p.width_px * model_m,
+                heading_deg=heading_from_angle(p.angle),
+                berthed=bool(near_land[r, c]),
+            )
+        )
+    return found
+
+
+def dedup(detections: list[Detection], radius_px: float) -> list[Detection]:
+    """Drop a detection within `radius_px` of a higher-scoring one (seam duplicates)."""
+    kept: list[Detection] = []
+    for d in sorted(detections, key=lambda d: -d.score):
+        if all((d.px_x - k.px_x) ** 2 + (d.px_y - k.px_y) ** 2 > radius_px**2 for k in kept):
+            kept.append(d)
+    return kept
+
+
+def _batched(items: Iterator, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def detect(
+    info: SceneInfo,
+    model: BerthNet,
+    threshold: float,
+    chip_size: int = 512,
+    overlap: int = 64,
+    batch_size: int = 4,
+    pixel_range: tuple[float, float] = PIXEL_RANGE_M,
+    progress: bool = False,
+) -> list[Detection]:
+    """Run the model chip by chip over a scene; memory is bounded by one batch of chips."""
+    if chip_size % 8:
+        raise DetectorError(f"chip_size {chip_size} must be a multiple of 8")
+    native_chip, native_overlap, scale = _chip_plan(info, chip_size, overlap, pixel_range)
+    present = torch.tensor([[b in info.bands for b in SCENE_BANDS]])
+    chips = iter_chips(info, native_chip, native_overlap, SCENE_BANDS, with_scl=info.has_scl)
+    total = len(chip_windows(info.width, info.height, native_chip, native_overlap))
+    bar = _progress(total, f"detect {info.scene_id}", progress)
+    found: list[Detection] = []
+    for batch in _batched(chips, batch_size):
+        out = _run_batch(model, [c.array for c in batch], present, chip_size)
+        for chip, o, peaks in zip(batch, out, decode_peaks(out, threshold), strict=True):
+            found.extend(_chip_detections(o, peaks, chip, info, scale))
+        bar.update(len(batch))
+    bar.close()
+    # Cores partition the scene, so duplicates can only come from a peak that moved by a pixel
+    # between two chips' views of a seam; 1.5 model px is well below vessel spacing.
+    return dedup(found, 1.5 * scale)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="chip", disable=not enabled, leave=False)
+
+
+# --------------------------------------------------------------------------------------------
+# GeoJSON / CSV output
+# --------------------------------------------------------------------------------------------
+
+
+def _to_wgs84(info: SceneInfo, detections: list[Detection]) -> None:
+    if not detections:
+        return
+    xs, ys = zip(*(info.transform * (d.px_x, d.px_y) for d in detections), strict=True)
+    to_ll = Transformer.from_crs(info.crs, "EPSG:4326", always_xy=True)
+    lons, lats = to_ll.transform(np.array(xs), np.array(ys))
+    for d, lon, lat in zip(detections, lons, lats, strict=True):
+        d.lon, d.lat = float(lon), float(lat)
+
+
+def zone_visibility(info: SceneInfo, geometry_wgs84) -> float:
+    """Fraction of a zone that is visible: not obscured by SCL (when the scene has it) and
+    inside the scene. Zones smaller than a pixel are judged by their centre."""
+    from rasterio.features import geometry_mask
+    from rasterio.windows import from_bounds
+    from shapely.ops import transform as shapely_transform
+
+    to_scene = Transformer.from_crs("EPSG:4326", info.crs, always_xy=True).transform
+    geom = shapely_transform(to_scene, geometry_wgs84)
+    win = from_bounds(*geom.bounds, transform=info.transform).round_offsets().round_lengths()
+    win = Window(win.col_off, win.row_off, max(1, win.width), max(1, win.height))
+    from rasterio.windows import transform as window_transform
+
+    inside = ~geometry_mask(
+        [geom], (int(win.height), int(win.width)), window_transform(win, info.transform),
+        all_touched=False,
+    )
+    if not inside.any():
+        inside[int(win.height) // 2, int(win.width) // 2] = True
+    rows = np.arange(int(win.row_off), int(win.row_off + win.height))[:, None]
+    cols = np.arange(int(win.col_off), int(win.col_off + win.width))[None, :]
+    visible = (rows >= 0) & (rows < info.height) & (cols >= 0) & (cols < info.width)
+    scl = read_scl(info, win)
+    if scl is not None:
+        visible &= ~np.isin(scl, SCL_OBSCURED)
+    return round(float(visible[inside].mean()), 4)
+
+
+def feature_collection(
+    info: SceneInfo,
+    detections: list[Detection],
+    entry: WeightsEntry,
+    threshold: float,
+    port=None,
+) -> dict:
+    """The design.md GeoJSON: WGS84 points with per-vessel and per-zone properties."""
+    features = []
+    for d in detections:
+        props = {
+            "score": round(d.score, 4),
+            "length_m": round(d.length_m, 1),
+            "width_m": round(d.width_m, 1),
+            "heading_deg": round(d.heading_deg, 1),
+            "berthed": d.berthed,
+            "zone": d.zone,
+            "px_x": round(d.px_x, 2),
+            "px_y": round(d.px_y, 2),
+        }
+        geometry = {"type": "Point", "coordinates": [round(d.lon, 7), round(d.lat, 7)]}
+        features.append({"type": "Feature", "geometry": geometry, "properties": props})
+    zones = {}
+    for zone in port.zones if port is not None else ():
+        zones[zone.name] = {
+            "count": sum(d.zone == zone.name for d in detections),
+            "visible_fraction": zone_visibility(info, zone.geometry),
+        }
+    when = info.acquisition_time
+    properties = {
+        "scene_id": info.scene_id,
+        "acquisition_time": when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None,
+        "port": port.name if port is not None else info.port,
+        "model": entry.name,
+        "weights_sha256": entry.sha256,
+        "threshold": threshold,
+        "count": len(detections),
+        "zones": zones,
+        "simulated": info.simulated,
+    }
+    return {"type": "FeatureCollection", "properties": properties, "features": features}
+
+
+CSV_FIELDS = ("lon", "lat", "score", "length_m", "width_m", "heading_deg", "berthed", "zone",
+              "px_x", "px_y")
+
+
+def write_csv(collection: dict, path: str | os.PathLike) -> Path:
+    """One row per detection, with the scene id and time on every row."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    top = collection["properties"]
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(("scene_id", "acquisition_time", *CSV_FIELDS))
+        for f in collection["features"]:
+            lon, lat = f["geometry"]["coordinates"]
+            p = f["properties"]
+            row = [lon, lat, *(p[k] for k in CSV_FIELDS[2:])]
+            writer.writerow((top["scene_id"], top["acquisition_time"], *row))
+    return path
+
+
+def _write_json(doc: dict, path: str | os.PathLike) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _resolve_port(port):
+    if port is None or not isinstance(port, str):
+        return port
+    from imagery.ports import get_port
+
+    return get_port(port)
+
+
+def detect_scene(
+    scene_path: str | os.PathLike,
+    out_geojson: str | os.PathLike | None = None,
+    port=None,
+    csv_path: str | os.PathLike | None = None,
+    threshold: float | None = None,
+    weights: str | os.PathLike | None = None,
+    threads: int = 2,
+    chip_size: int = 512,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> dict:
+    """Detect vessels in a scene and write GeoJSON (and CSV). `port` is a Port, a port name or
+    None. Returns the FeatureCollection (its `properties` are the summary)."""
+    torch.set_num_threads(threads)
+    model, entry = load_model(weights)
+    info = open_scene(scene_path, require_bands=None)
+    missing = [b for b in entry.bands if b not in info.bands]
+    if missing:
+        raise SceneError(
+            info.path, f"missing bands {' '.join(missing)} needed by model {entry.name} "
+            f"(has {' '.join(info.bands)})"
+        )
+    if threshold is None:
+        threshold = entry.threshold
+    if not 0.0 < threshold < 1.0:
+        raise DetectorError(f"threshold {threshold} must be between 0 and 1")
+    port = _resolve_port(port)
+    found = detect(info, model, threshold, chip_size=chip_size, batch_size=batch_size,
+                   pixel_range=entry.pixel_range_m, progress=progress)
+    _to_wgs84(info, found)
+    if port is not None:
+        for d in found:
+            d.zone = port.zone_at(d.lon, d.lat)
+    collection = feature_collection(info, found, entry, threshold, port)
+    if out_geojson is not None:
+        _write_json(collection, out_geojson)
+    if csv_path is not None:
+        write_csv(collection, csv_path)
+    return collection

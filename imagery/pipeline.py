@@ -1,0 +1,476 @@
+"""The unattended pass: search new scenes, fetch, detect, reconcile, alert.
+
+Named stages run per scene, and each scene's results land in the database in ONE transaction
+together with the mark that the scene is done; files (detections GeoJSON, evidence chips) are
+written atomically before it under names derived from the scene, so a run killed at any point
+leaves either nothing or a complete scene, and the next run redoes exactly what is missing.
+A lock file keeps two runs from overlapping. A scene that fails is recorded with its reason and
+retried on a later run without blocking the others.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from pyproj import Transformer
+
+from imagery.ports import Port
+from imagery.reconcile import (
+    AisFix,
+    AisVessel,
+    Detection,
+    Episode,
+    Gates,
+    SceneReconciliation,
+    Unmatched,
+    ZoneCount,
+    merge_episodes,
+    reconcile_scene,
+)
+from imagery.scene import SCL_OBSCURED, open_scene, read_scl
+from imagery.sources import SceneSource, fetch_into_workspace
+from imagery.workspace import Workspace
+
+PIPELINE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS processing (
+    scene_id TEXT PRIMARY KEY REFERENCES scenes(scene_id),
+    status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    stage TEXT,
+    reason TEXT,
+    attempts INTEGER NOT NULL DEFAULT 1,
+    model TEXT,
+    weights_sha256 TEXT,
+    detections_path TEXT
+);
+CREATE TABLE IF NOT EXISTS detections (
+    scene_id TEXT NOT NULL REFERENCES scenes(scene_id),
+    det_id INTEGER NOT NULL,
+    lon REAL NOT NULL, lat REAL NOT NULL, px_x REAL, px_y REAL,
+    score REAL NOT NULL, length_m REAL, width_m REAL, heading_deg REAL,
+    berthed INTEGER NOT NULL, zone TEXT,
+    PRIMARY KEY (scene_id, det_id)
+);
+CREATE TABLE IF NOT EXISTS zone_counts (
+    scene_id TEXT NOT NULL REFERENCES scenes(scene_id),
+    port TEXT NOT NULL, zone TEXT NOT NULL, kind TEXT NOT NULL,
+    visible_fraction REAL NOT NULL,
+    detected INTEGER,            -- NULL = unknown (hidden by cloud), never 0 for cloud
+    ais INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    PRIMARY KEY (scene_id, zone)
+);
+CREATE TABLE IF NOT EXISTS matches (
+    scene_id TEXT NOT NULL, det_id INTEGER NOT NULL, mmsi INTEGER NOT NULL,
+    distance_m REAL NOT NULL, method TEXT NOT NULL,
+    PRIMARY KEY (scene_id, det_id)
+);
+CREATE TABLE IF NOT EXISTS ais_only (
+    scene_id TEXT NOT NULL, mmsi INTEGER NOT NULL, zone TEXT, lon REAL, lat REAL,
+    method TEXT, reason TEXT NOT NULL,
+    PRIMARY KEY (scene_id, mmsi)
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id TEXT PRIMARY KEY,          -- <scene_id>#<det_id>: stable across reruns
+    scene_id TEXT NOT NULL, det_id INTEGER NOT NULL,
+    port TEXT NOT NULL, zone TEXT, acquisition_time TEXT NOT NULL,
+    lon REAL NOT NULL, lat REAL NOT NULL, px_x REAL, px_y REAL,
+    score REAL NOT NULL, length_m REAL,
+    reasons TEXT NOT NULL,              -- JSON list
+    considered TEXT NOT NULL,           -- JSON list of AIS vessels considered, with distances
+    chip_path TEXT,
+    model TEXT, weights_sha256 TEXT,
+    episode_id TEXT,
+    simulated INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS alerts_port_time ON alerts(port, acquisition_time);
+CREATE TABLE IF NOT EXISTS episodes (
+    episode_id TEXT PRIMARY KEY,        -- <port>/<zone>/<first scene id>
+    port TEXT NOT NULL, zone TEXT NOT NULL,
+    first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
+    scenes INTEGER NOT NULL, lon REAL, lat REAL
+);
+"""
+
+DEFAULT_GATES = Gates()
+
+
+class RunLocked(RuntimeError):
+    """Another run holds the workspace lock."""
+
+
+@contextmanager
+def run_lock(ws: Workspace) -> Iterator[None]:
+    """An exclusive, non-blocking lock; the kernel releases it if the process dies."""
+    path = ws.root / "run.lock"
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise RunLocked(f"another berthwatch run holds {path}; try again when it ends") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+@dataclass
+class RunReport:
+    fetched: dict[str, int] = field(default_factory=dict)
+    processed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    alerts: int = 0
+
+    def count(self, status: str) -> None:
+        self.fetched[status] = self.fetched.get(status, 0) + 1
+
+
+def open_workspace(path=None) -> Workspace:
+    ws = Workspace.open(path)
+    from imagery import ais
+
+    ais.ensure_schema(ws)
+    ws.ensure_schema(PIPELINE_SCHEMA)
+    return ws
+
+
+# --- the pass ---------------------------------------------------------------------------------
+
+
+def run_pass(
+    ws: Workspace,
+    ports: list[Port],
+    source: SceneSource | None,
+    start: datetime,
+    end: datetime,
+    *,
+    max_cloud: float = 30.0,
+    weights: str | None = None,
+    threshold: float | None = None,
+    gates: Gates = DEFAULT_GATES,
+    progress: bool = True,
+) -> RunReport:
+    """One pass over `ports`: fetch what is new, then process every stored scene not done."""
+    report = RunReport()
+    with run_lock(ws):
+        for port in ports:
+            if source is not None:
+                _fetch_new(ws, port, source, start, end, max_cloud, report, progress)
+            _process_pending(ws, port, weights, threshold, gates, report, progress)
+            rebuild_episodes(ws, port)
+    return report
+
+
+def _fetch_new(ws, port, source, start, end, max_cloud, report, progress) -> None:
+    from tqdm import tqdm
+
+    try:
+        refs = source.search(port, start, end, max_cloud)
+    except Exception as exc:  # a network failure must not end the pass for other ports
+        report.failed[f"search:{port.name}"] = f"{type(exc).__name__}: {exc}"
+        return
+    for ref in tqdm(refs, desc=f"fetch {port.name}", unit="scene", disable=not progress):
+        outcome = fetch_into_workspace(source, ref, port, ws, max_cloud)
+        report.count(outcome.status)
+        if outcome.status == "failed":
+            report.failed[ref.scene_id] = outcome.reason or "failed"
+
+
+def pending_scenes(ws: Workspace, port: Port) -> list[dict]:
+    conn = ws.connect()
+    try:
+        rows = conn.execute(
+            """SELECT s.* FROM scenes s LEFT JOIN processing p ON p.scene_id = s.scene_id
+               WHERE s.port = ? AND s.status = 'stored' AND (p.status IS NULL OR p.status != 'done')
+               ORDER BY s.acquisition_time, s.scene_id""",
+            (port.name,),
+        ).fetchall()
+    finally:
+        conn.close()
+    return [dict(r) for r in rows]
+
+
+def _process_pending(ws, port, weights, threshold, gates, report, progress) -> None:
+    from tqdm import tqdm
+
+    scenes = pending_scenes(ws, port)
+    for scene in tqdm(scenes, desc=f"detect+reconcile {port.name}", unit="scene",
+                      disable=not progress):
+        try:
+            n = process_scene(ws, port, scene, weights, threshold, gates)
+        except Exception as exc:  # recorded and retried next run; the others go on
+            reason = f"{type(exc).__name__}: {exc}"
+            _record_failure(ws, scene["scene_id"], reason)
+            report.failed[scene["scene_id"]] = reason
+            continue
+        report.processed.append(scene["scene_id"])
+        report.alerts += n
+
+
+def _record_failure(ws: Workspace, scene_id: str, reason: str) -> None:
+    with ws.transaction() as conn:
+        conn.execute(
+            """INSERT INTO processing (scene_id, status, reason) VALUES (?, 'failed', ?)
+               ON CONFLICT(scene_id) DO UPDATE SET status='failed', reason=excluded.reason,
+               attempts = processing.attempts + 1""",
+            (scene_id, reason[:500]),
+        )
+
+
+# --- one scene -------------------------------------------------------------------------------
+
+
+def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
+                  gates: Gates) -> int:
+    """Detect, reconcile and store one scene; returns the number of alerts."""
+    from imagery.detector import detect_scene
+
+    scene_id = scene["scene_id"]
+    out_dir = ws.root / "detections" / port.name
+    geojson_path = out_dir / f"{_safe(scene_id)}.geojson"
+    collection = detect_scene(scene["path"], geojson_path, port=port, threshold=threshold,
+                              weights=weights, progress=False)
+    top = collection["properties"]
+    when = datetime.fromisoformat(scene["acquisition_time"].replace("Z", "+00:00"))
+    detections = _detections(collection)
+    fixes, vessels = load_ais(ws, port, when, gates)
+    info = open_scene(scene["path"], require_bands=None)
+    visible = {name: z["visible_fraction"] for name, z in top.get("zones", {}).items()}
+    result = reconcile_scene(
+        scene_id=scene_id, port=port, acquisition_time=when, detections=detections,
+        fixes=fixes, vessels=vessels, zone_visible=visible,
+        point_visible=_point_visibility(info), gates=gates,
+    )
+    chips = {u.detection.det_id: write_evidence_chip(ws, info, u.detection, result)
+             for u in result.unmatched}
+    _store(ws, port, scene, result, collection, chips, geojson_path)
+    return len(result.unmatched)
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+
+
+def _detections(collection: dict) -> list[Detection]:
+    out = []
+    for i, feature in enumerate(collection["features"]):
+        p = feature["properties"]
+        lon, lat = feature["geometry"]["coordinates"][:2]
+        out.append(Detection(i, lon, lat, p["score"], p.get("length_m"), bool(p["berthed"]),
+                             p.get("zone"), p.get("px_x"), p.get("px_y")))
+    return out
+
+
+def load_ais(ws: Workspace, port: Port, when: datetime,
+             gates: Gates) -> tuple[list[AisFix], dict[int, AisVessel]]:
+    """AIS fixes near the port in the window the placement rules can use."""
+    from imagery import ais
+
+    west, south, east, north = port.aoi.bounds
+    margin = max(gates.moored_hold, gates.interpolate_max_gap)
+    conn = ws.connect()
+    try:
+        rows = ais.positions_near(conn, west, south, east, north, when - margin, when + margin)
+        fixes = [AisFix(r["mmsi"], _as_time(r["time"]), r["lon"], r["lat"], r["sog_kn"],
+                        r["nav_status"]) for r in rows]
+        vessels = {}
+        for mmsi in {f.mmsi for f in fixes}:
+            info = ais.vessel_info(conn, mmsi)
+            watch = ais.watchlist_match(conn, mmsi, info.get("imo") if info else None,
+                                        info.get("name") if info else None)
+            vessels[mmsi] = AisVessel(mmsi, info.get("name") if info else None,
+                                      info.get("length_m") if info else None,
+                                      info.get("ship_type") if info else None,
+                                      watch is not None)
+    finally:
+        conn.close()
+    return fixes, vessels
+
+
+def _as_time(value) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _point_visibility(info):
+    """lon, lat -> True when the scene saw that point (in the scene, not cloud per SCL)."""
+    scl = read_scl(info)
+    to_scene = Transformer.from_crs("EPSG:4326", info.crs, always_xy=True)
+    inverse = ~info.transform
+
+    def visible(lon: float, lat: float) -> bool:
+        col, row = inverse * to_scene.transform(lon, lat)
+        r, c = int(row), int(col)
+        if not (0 <= r < info.height and 0 <= c < info.width):
+            return False
+        return scl is None or int(scl[r, c]) not in SCL_OBSCURED
+
+    return visible
+
+
+# --- evidence -------------------------------------------------------------------------------
+
+
+CHIP_HALF = 48  # px either side: a 960 m square at 10 m, a berth and its neighbours
+
+
+def write_evidence_chip(ws: Workspace, info, det: Detection,
+                        result: SceneReconciliation) -> str:
+    """A true-colour PNG of the berth around a detection, the detection ringed in red and AIS
+    positions in cyan; written atomically, named by scene and detection."""
+    from PIL import Image, ImageDraw
+
+    from imagery.render import true_colour
+
+    x, y = int(round(det.px_x or 0)), int(round(det.px_y or 0))
+    rgb = true_colour(info, x - CHIP_HALF, y - CHIP_HALF, 2 * CHIP_HALF)
+    scale = 4  # upsample so a 10 px vessel is visible on screen
+    image = Image.fromarray(rgb).resize((rgb.shape[1] * scale,) * 2, Image.NEAREST)
+    draw = ImageDraw.Draw(image)
+    to_scene = Transformer.from_crs("EPSG:4326", info.crs, always_xy=True)
+    inverse = ~info.transform
+    for placed in result.placements:
+        col, row = inverse * to_scene.transform(placed.lon, placed.lat)
+        px, py = (col - x + CHIP_HALF) * scale, (row - y + CHIP_HALF) * scale
+        draw.rectangle((px - 5, py - 5, px + 5, py + 5), outline=(0, 255, 255), width=2)
+    c = CHIP_HALF * scale
+    draw.ellipse((c - 18, c - 18, c + 18, c + 18), outline=(255, 40, 40), width=3)
+    path = ws.root / "evidence" / _safe(result.port) / f"{_safe(result.scene_id)}_{det.det_id}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    image.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return str(path)
+
+
+# --- storing ----------------------------------------------------------------------------------
+
+
+def _store(ws, port, scene, result: SceneReconciliation, collection, chips,
+           geojson_path) -> None:
+    sid = scene["scene_id"]
+    top = collection["properties"]
+    when = scene["acquisition_time"]
+    with ws.transaction() as conn:
+        for table in ("detections", "zone_counts", "matches", "ais_only", "alerts"):
+            conn.execute(f"DELETE FROM {table} WHERE scene_id = ?", (sid,))
+        conn.executemany(
+            "INSERT INTO detections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [_detection_row(sid, i, f) for i, f in enumerate(collection["features"])],
+        )
+        conn.executemany(
+            "INSERT INTO zone_counts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(sid, port.name, z.zone, z.kind, z.visible_fraction, z.detected, z.ais, z.status)
+             for z in result.zones],
+        )
+        conn.executemany(
+            "INSERT INTO matches VALUES (?, ?, ?, ?, ?)",
+            [(sid, d.det_id, p.mmsi, round(dist, 1), p.method) for d, p, dist in result.matched],
+        )
+        conn.executemany(
+            "INSERT INTO ais_only VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(sid, a.placement.mmsi, a.placement.zone, a.placement.lon, a.placement.lat,
+              a.placement.method, a.reason) for a in result.ais_only],
+        )
+        conn.executemany(
+            """INSERT INTO alerts (alert_id, scene_id, det_id, port, zone, acquisition_time,
+                   lon, lat, px_x, px_y, score, length_m, reasons, considered, chip_path,
+                   model, weights_sha256, simulated)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            [_alert_row(sid, port, when, u, chips, top) for u in result.unmatched],
+        )
+        conn.execute(
+            """INSERT INTO processing (scene_id, status, stage, reason, model, weights_sha256,
+                   detections_path) VALUES (?, 'done', 'alert', NULL, ?, ?, ?)
+               ON CONFLICT(scene_id) DO UPDATE SET status='done', stage='alert', reason=NULL,
+                   model=excluded.model, weights_sha256=excluded.weights_sha256,
+                   detections_path=excluded.detections_path""",
+            (sid, top.get("model"), top.get("weights_sha256"), str(geojson_path)),
+        )
+
+
+def _detection_row(sid: str, det_id: int, feature: dict) -> tuple:
+    p = feature["properties"]
+    lon, lat = feature["geometry"]["coordinates"][:2]
+    return (sid, det_id, lon, lat, p.get("px_x"), p.get("px_y"), p["score"], p.get("length_m"),
+            p.get("width_m"), p.get("heading_deg"), int(bool(p.get("berthed"))), p.get("zone"))
+
+
+def _alert_row(sid, port, when, u: Unmatched, chips, top) -> tuple:
+    d = u.detection
+    considered = [
+        {"mmsi": c.mmsi, "name": c.name, "distance_m": c.distance_m, "length_m": c.length_m,
+         "refused": c.refused}
+        for c in u.considered
+    ]
+    return (f"{sid}#{d.det_id}", sid, d.det_id, port.name, d.zone, when, d.lon, d.lat, d.px_x,
+            d.px_y, d.score, d.length_m, json.dumps(u.reasons), json.dumps(considered),
+            chips.get(d.det_id), top.get("model"), top.get("weights_sha256"),
+            int(bool(top.get("simulated"))))
+
+
+# --- episodes ---------------------------------------------------------------------------------
+
+
+def rebuild_episodes(ws: Workspace, port: Port) -> list[Episode]:
+    """Episodes are derived from every reconciled scene of the port, recomputed whole (so a
+    rerun or a late scene gives the same answer as one clean pass)."""
+    scenes = _stored_reconciliations(ws, port)
+    episodes = merge_episodes(scenes)
+    with ws.transaction() as conn:
+        conn.execute("DELETE FROM episodes WHERE port = ?", (port.name,))
+        conn.execute("UPDATE alerts SET episode_id = NULL WHERE port = ?", (port.name,))
+        for e in episodes:
+            eid = f"{e.port}/{e.zone}/{e.scene_ids[0]}"
+            conn.execute("INSERT INTO episodes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                         (eid, e.port, e.zone, _iso(e.first_seen), _iso(e.last_seen),
+                          len(e.scene_ids), e.lon, e.lat))
+            for sid, det_id in e.members:
+                conn.execute("UPDATE alerts SET episode_id = ? WHERE alert_id = ?",
+                             (eid, f"{sid}#{det_id}"))
+    return episodes
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _stored_reconciliations(ws: Workspace, port: Port) -> list[SceneReconciliation]:
+    conn = ws.connect()
+    try:
+        done = conn.execute(
+            """SELECT s.scene_id, s.acquisition_time FROM scenes s
+               JOIN processing p ON p.scene_id = s.scene_id
+               WHERE s.port = ? AND p.status = 'done' ORDER BY s.acquisition_time""",
+            (port.name,),
+        ).fetchall()
+        out = []
+        for row in done:
+            sid = row["scene_id"]
+            zones = [ZoneCount(z["zone"], z["kind"], z["visible_fraction"], z["detected"],
+                               z["ais"])
+                     for z in conn.execute("SELECT * FROM zone_counts WHERE scene_id = ?", (sid,))]
+            unmatched = [
+                Unmatched(Detection(a["det_id"], a["lon"], a["lat"], a["score"], a["length_m"],
+                                    True, a["zone"]), [], [])
+                for a in conn.execute("SELECT * FROM alerts WHERE scene_id = ? ORDER BY det_id",
+                                      (sid,))
+            ]
+            out.append(SceneReconciliation(sid, port.name, _as_time(row["acquisition_time"]),
+                                           zones, [], unmatched, []))
+    finally:
+        conn.close()
+    return out

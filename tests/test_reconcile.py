@@ -1,0 +1,137 @@
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from imagery.ports import get_port
+from imagery.reconcile import (
+    AisFix,
+    AisVessel,
+    Detection,
+    Gates,
+    merge_episodes,
+    place_vessels,
+    reconcile_scene,
+)
+
+T0 = datetime(2024, 3, 1, 2, 0, tzinfo=UTC)
+PORT = get_port("vostochny")
+BERTH = PORT.zone("oil-terminal").geometry.centroid
+LEN_PER_DEG_LAT = 111_320.0
+
+
+def _offset(lon, lat, north_m=0.0):
+    return lon, lat + north_m / LEN_PER_DEG_LAT
+
+
+def _det(det_id, north_m=0.0, length=100.0, zone="oil-terminal", score=0.9):
+    lon, lat = _offset(BERTH.x, BERTH.y, north_m)
+    return Detection(det_id, lon, lat, score, length, True, zone)
+
+
+def _moored_fix(mmsi, north_m=0.0, hours_before=3.0):
+    lon, lat = _offset(BERTH.x, BERTH.y, north_m)
+    return AisFix(mmsi, T0 - timedelta(hours=hours_before), lon, lat, sog_kn=0.1, nav_status=5)
+
+
+def _run(dets, fixes, vessels=None, visible=None, point_visible=None):
+    return reconcile_scene(
+        scene_id="S1", port=PORT, acquisition_time=T0, detections=dets, fixes=fixes,
+        vessels=vessels or {}, zone_visible=visible or {}, point_visible=point_visible,
+    )
+
+
+def test_interpolates_between_bracketing_fixes():
+    fixes = [AisFix(1, T0 - timedelta(minutes=30), 133.0, 42.70, 10.0),
+             AisFix(1, T0 + timedelta(minutes=90), 133.1, 42.74, 10.0)]
+    (p,) = place_vessels(fixes, T0)
+    assert p.method == "interpolated"
+    assert p.lon == pytest.approx(133.025) and p.lat == pytest.approx(42.71)
+
+
+def test_moored_vessel_is_held_but_a_moving_one_is_not_guessed():
+    held = place_vessels([_moored_fix(7, hours_before=20)], T0)
+    assert held and held[0].method == "held-moored"
+    moving = AisFix(8, T0 - timedelta(hours=5), BERTH.x, BERTH.y, sog_kn=9.0, nav_status=0)
+    assert place_vessels([moving], T0) == []
+    too_old = place_vessels([_moored_fix(9, hours_before=48)], T0)
+    assert too_old == []
+
+
+def test_moored_vessel_that_left_before_next_fix_is_not_held():
+    fixes = [_moored_fix(3, hours_before=10),
+             AisFix(3, T0 + timedelta(hours=5), BERTH.x + 0.1, BERTH.y, 8.0)]
+    assert place_vessels(fixes, T0, Gates()) == []
+
+
+def test_matched_detection_and_ais_vessel():
+    result = _run([_det(1, north_m=40)], [_moored_fix(111)],
+                  vessels={111: AisVessel(111, "KOREA STAR", 105.0)})
+    assert len(result.matched) == 1 and not result.unmatched and not result.ais_only
+    det, placed, dist = result.matched[0]
+    assert placed.mmsi == 111 and dist == pytest.approx(40, abs=1)
+    zone = next(z for z in result.zones if z.zone == "oil-terminal")
+    assert (zone.detected, zone.ais, zone.status) == (1, 1, "observed")
+
+
+def test_dark_vessel_is_an_unmatched_detection_with_reasons():
+    far_fix = _moored_fix(222, north_m=600)
+    result = _run([_det(1), _det(2, north_m=700)], [far_fix])
+    # det 2 sits 100 m from the AIS vessel and pairs; det 1 is 600 m away: a dark vessel.
+    assert [m[0].det_id for m in result.matched] == [2]
+    (dark,) = result.unmatched
+    assert dark.detection.det_id == 1
+    assert dark.considered and dark.considered[0].mmsi == 222
+    assert "beyond the 300 m gate" in dark.reasons[0]
+
+
+def test_length_disagreement_refuses_the_pair():
+    result = _run([_det(1, length=60)], [_moored_fix(333, north_m=30)],
+                  vessels={333: AisVessel(333, "BIG ONE", 250.0)})
+    assert not result.matched
+    assert result.unmatched[0].considered[0].refused == "length disagrees"
+    assert result.ais_only[0].placement.mmsi == 333
+
+
+def test_ais_only_vessel_not_seen_in_clear_sky():
+    result = _run([], [_moored_fix(444)], vessels={444: AisVessel(444, "GHOST", 90.0)})
+    (only,) = result.ais_only
+    assert only.placement.mmsi == 444 and "possible spoofing" in only.reason
+
+
+def test_zone_hidden_by_cloud_is_unknown_not_zero():
+    result = _run([], [_moored_fix(555)], visible={"oil-terminal": 0.1},
+                  point_visible=lambda lon, lat: False)
+    zone = next(z for z in result.zones if z.zone == "oil-terminal")
+    assert zone.detected is None and zone.status == "unknown" and zone.ais == 1
+    assert result.ais_only[0].reason == "hidden by cloud at its AIS position"
+
+
+def test_detections_outside_berth_zones_are_not_alerts():
+    result = _run([_det(1, zone=None)], [])
+    assert result.unmatched == []
+
+
+def _scene(scene_id, hours, dets, visible=None):
+    when = T0 + timedelta(hours=hours)
+    return reconcile_scene(scene_id=scene_id, port=PORT, acquisition_time=when, detections=dets,
+                           fixes=[], vessels={}, zone_visible=visible or {})
+
+
+def test_consecutive_scenes_merge_into_one_episode_and_cloud_does_not_break_it():
+    scenes = [
+        _scene("A", 0, [_det(1)]),
+        _scene("B", 72, [], visible={"oil-terminal": 0.0}),  # cloud: unknown
+        _scene("C", 120, [_det(1, north_m=50)]),
+        _scene("D", 240, []),  # clear and empty: the call is over
+        _scene("E", 300, [_det(1)]),
+    ]
+    episodes = merge_episodes(scenes)
+    assert [e.scene_ids for e in episodes] == [["A", "C"], ["E"]]
+    assert episodes[0].first_seen == T0 and episodes[0].last_seen == T0 + timedelta(hours=120)
+
+
+def test_two_vessels_at_one_berth_are_two_episodes():
+    scenes = [_scene("A", 0, [_det(1), _det(2, north_m=600)]),
+              _scene("B", 48, [_det(1), _det(2, north_m=600)])]
+    episodes = merge_episodes(scenes)
+    assert sorted(len(e.scene_ids) for e in episodes) == [2, 2]

@@ -1,0 +1,232 @@
+"""Score the detector on labelled folders, per port and pooled.
+
+Match rule (../shared/data/README.md): a predicted point and a labelled vessel may pair when
+the point lies within 20 m of the vessel's outline (0 inside it); pairs are one-to-one and
+minimise the total distance (Hungarian); unpaired points are false positives, unpaired vessels
+false negatives. Distances are measured in the UTM zone of the labels.
+
+`leave_ports_out=True` scores each port with the fold model that never saw it (the fold models
+live in `folds/` beside the weights), which is how the model card's metrics are made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import shapely
+import torch
+from pyproj import Transformer
+from scipy.optimize import linear_sum_assignment
+from shapely.geometry import shape
+
+from imagery.detector import (
+    BerthNet,
+    Detection,
+    WeightsEntry,
+    _to_wgs84,
+    detect,
+    get_weights,
+    load_model,
+)
+from imagery.scene import open_scene
+from training.chips import find_scene_dirs
+
+TOLERANCE_M = 20.0
+SWEEP = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
+
+
+def utm_epsg(lon: float, lat: float) -> int:
+    zone = int((lon + 180) // 6) + 1
+    return (32600 if lat >= 0 else 32700) + zone
+
+
+def match_counts(
+    ship_geoms: list, points: np.ndarray, tol: float = TOLERANCE_M
+) -> dict[str, int]:
+    """tp/fp/fn between vessel outlines (WGS84 shapely) and points (N, 2 lon/lat)."""
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    if not ship_geoms:
+        return {"tp": 0, "fp": len(points), "fn": 0}
+    if not len(points):
+        return {"tp": 0, "fp": 0, "fn": len(ship_geoms)}
+    c = ship_geoms[0].centroid
+    to_m = Transformer.from_crs("EPSG:4326", f"EPSG:{utm_epsg(c.x, c.y)}", always_xy=True)
+
+    def project(xy: np.ndarray) -> np.ndarray:
+        return np.column_stack(to_m.transform(xy[:, 0], xy[:, 1]))
+
+    ships = np.array([shapely.transform(g, project) for g in ship_geoms], dtype=object)
+    pts = shapely.points(project(points))
+    cost = shapely.distance(ships[:, None], pts[None, :]).astype(float)
+    rows, cols = linear_sum_assignment(np.where(cost <= tol, cost, 1e9))
+    tp = int((cost[rows, cols] <= tol).sum())
+    return {"tp": tp, "fp": len(points) - tp, "fn": len(ship_geoms) - tp}
+
+
+def score_geojson(labels: dict, detections: dict, tol: float = TOLERANCE_M) -> dict:
+    """Score two GeoJSON documents the way score_detections.py does."""
+    ships = [shape(f["geometry"]) for f in labels.get("features", [])
+             if f["geometry"]["type"] in ("Polygon", "MultiPolygon")]
+    pts = [f["geometry"]["coordinates"][:2] for f in detections.get("features", [])
+           if f.get("geometry", {}).get("type") == "Point"]
+    return summarize(match_counts(ships, np.array(pts, dtype=float), tol))
+
+
+def summarize(counts: dict) -> dict:
+    tp, fp, fn = counts["tp"], counts["fp"], counts["fn"]
+    p = tp / (tp + fp) if tp + fp else 0.0
+    r = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * p * r / (p + r) if p + r else 0.0
+    return {**counts, "precision": round(p, 4), "recall": round(r, 4), "f1": round(f1, 4),
+            "labelled": tp + fn, "predicted": tp + fp, "count_error": fp - fn}
+
+
+@dataclass
+class PortPrediction:
+    port: str
+    ships: list  # WGS84 outlines
+    detections: list[Detection]  # at the low sweep threshold, with lon/lat
+    model: str
+
+
+def _ship_outlines(folder: Path) -> list:
+    doc = json.loads((folder / "labels.geojson").read_text(encoding="utf-8"))
+    return [shape(f["geometry"]) for f in doc.get("features", [])
+            if f["geometry"]["type"] in ("Polygon", "MultiPolygon")
+            and not f.get("properties", {}).get("negative")]
+
+
+def predict_folder(folder: Path, model: BerthNet, entry: WeightsEntry, threshold: float):
+    info = open_scene(folder / "scene.tif", require_bands=None)
+    found = detect(info, model, threshold, pixel_range=entry.pixel_range_m)
+    _to_wgs84(info, found)
+    return found
+
+
+def fold_models(entry: WeightsEntry) -> list[WeightsEntry]:
+    """The leave-ports-out fold models of `entry`, from `folds/` beside its weights."""
+    folder = entry.path.parent / "folds"
+    found = []
+    for meta in sorted(folder.glob("*.json")):
+        data = json.loads(meta.read_text(encoding="utf-8"))
+        if data.get("fold_of") == entry.name:
+            found.append((data, get_weights(meta)))
+    if not found:
+        raise FileNotFoundError(f"no fold models of {entry.name} in {folder}")
+    return [e for _, e in found]
+
+
+def _holdout(meta_path: Path) -> list[str]:
+    return json.loads(meta_path.read_text(encoding="utf-8")).get("holdout_ports", [])
+
+
+def predict_all(
+    data_dirs: list[str | os.PathLike],
+    weights: str | os.PathLike | None = None,
+    leave_ports_out: bool = False,
+    min_threshold: float = SWEEP[0],
+    progress: bool = True,
+) -> tuple[list[PortPrediction], WeightsEntry, list[str]]:
+    """Detections for every labelled folder at `min_threshold` (to sweep thresholds later)."""
+    main_entry = get_weights(weights)
+    folders = find_scene_dirs(data_dirs)
+    if leave_ports_out:
+        plan = [(e, set(_holdout(e.path.with_suffix(".json")))) for e in fold_models(main_entry)]
+    else:
+        plan = [(main_entry, {f.name for f in folders})]
+    preds, skipped = [], []
+    for folder in folders:
+        owner = next((e for e, held in plan if folder.name in held), None)
+        if owner is None:
+            skipped.append(folder.name)
+            continue
+        model, _ = load_model(owner.path)
+        found = predict_folder(folder, model, owner, min_threshold)
+        preds.append(PortPrediction(folder.name, _ship_outlines(folder), found, owner.name))
+        if progress:
+            print(f"  {folder.name}: {len(found)} candidates ({owner.name})", flush=True)
+    return preds, main_entry, skipped
+
+
+def score_predictions(preds: list[PortPrediction], threshold: float) -> dict:
+    """Per-port and pooled scores of predictions filtered at `threshold`."""
+    ports, total = {}, {"tp": 0, "fp": 0, "fn": 0}
+    for p in preds:
+        pts = np.array([(d.lon, d.lat) for d in p.detections if d.score >= threshold])
+        counts = match_counts(p.ships, pts)
+        ports[p.port] = {**summarize(counts), "model": p.model}
+        for k in total:
+            total[k] += counts[k]
+    return {"ports": ports, "pooled": summarize(total)}
+
+
+def evaluate(
+    data_dirs: list[str | os.PathLike],
+    weights: str | os.PathLike | None = None,
+    leave_ports_out: bool = False,
+    threshold: float | None = None,
+    threads: int = 2,
+    progress: bool = True,
+) -> dict:
+    """Per-port and pooled precision/recall/F1 and count error at the operating threshold
+    (the weights' own unless given), plus the pooled F1 over a threshold sweep."""
+    torch.set_num_threads(threads)
+    preds, entry, skipped = predict_all(data_dirs, weights, leave_ports_out, progress=progress)
+    op = entry.threshold if threshold is None else threshold
+    result = score_predictions(preds, op)
+    result.update(
+        weights=entry.name,
+        weights_sha256=entry.sha256,
+        threshold=op,
+        leave_ports_out=leave_ports_out,
+        tolerance_m=TOLERANCE_M,
+        skipped_ports=skipped,
+        sweep={str(t): score_predictions(preds, t)["pooled"]["f1"] for t in SWEEP},
+    )
+    return result
+
+
+def format_table(result: dict) -> str:
+    """A fixed-width table of the per-port rows and the pooled row."""
+    head = f"{'port':<14}{'ships':>6}{'pred':>6}{'tp':>5}{'fp':>5}{'fn':>5}"
+    head += f"{'P':>8}{'R':>8}{'F1':>8}{'count err':>11}"
+    lines = [head, "-" * len(head)]
+    rows = list(result["ports"].items()) + [("POOLED", result["pooled"])]
+    for name, r in rows:
+        if name == "POOLED":
+            lines.append("-" * len(head))
+        lines.append(
+            f"{name:<14}{r['labelled']:>6}{r['predicted']:>6}{r['tp']:>5}{r['fp']:>5}"
+            f"{r['fn']:>5}{r['precision']:>8.3f}{r['recall']:>8.3f}{r['f1']:>8.3f}"
+            f"{r['count_error']:>+11d}"
+        )
+    mode = "leave-ports-out" if result.get("leave_ports_out") else "direct"
+    lines.append(f"weights {result['weights']} ({mode}), threshold {result['threshold']}, "
+                 f"match tolerance {result['tolerance_m']:g} m")
+    if result.get("skipped_ports"):
+        lines.append(f"not scored (no fold held them out): {', '.join(result['skipped_ports'])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="score the detector on labelled folders")
+    ap.add_argument("--data", nargs="+", required=True)
+    ap.add_argument("--weights")
+    ap.add_argument("--leave-ports-out", action="store_true")
+    ap.add_argument("--threshold", type=float)
+    ap.add_argument("--json", help="also write the result as JSON here")
+    args = ap.parse_args(argv)
+    result = evaluate(args.data, args.weights, args.leave_ports_out, args.threshold)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
