@@ -17,6 +17,7 @@ from pathlib import Path
 
 from imagery.ports import Port, PortsError, get_port, load_ports
 from imagery.scene import SceneError, parse_time
+from imagery.sources import SourceAuthError, SourceError
 
 
 class UserError(Exception):
@@ -232,6 +233,64 @@ def cmd_alerts(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- AIS, watchlist ---------------------------------------------------------------------------
+
+
+def cmd_ais_import(args: argparse.Namespace) -> int:
+    from imagery import ais
+    from imagery.workspace import Workspace
+
+    ws, errors = Workspace.open(args.workspace), []
+    for path in args.files:
+        # One bad file does not stop the others; each is its own transaction.
+        try:
+            report = ais.import_file(ws, path, args.format, args.received_at, args.columns)
+        except ais.AisError as exc:
+            errors.append(str(exc))
+            continue
+        print("\n".join(ais.describe_import(report)))
+    if errors:
+        raise UserError("; ".join(errors))
+    return 0
+
+
+def cmd_watchlist_import(args: argparse.Namespace) -> int:
+    from imagery import ais
+    from imagery.workspace import Workspace
+
+    try:
+        report = ais.import_watchlist(Workspace.open(args.workspace), args.file)
+    except ais.AisError as exc:
+        raise UserError(str(exc)) from None
+    print("\n".join(ais.describe_watchlist(report)))
+    return 0
+
+
+def _add_ais_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("ais", help="import AIS (NMEA or CSV) into the workspace")
+    actions = p.add_subparsers(dest="ais_command", required=True, metavar="ACTION")
+    imp = actions.add_parser("import", parents=[common], help="import NMEA 0183 or CSV AIS files",
+                             description="Import AIS files; a file already imported adds nothing.")
+    imp.set_defaults(handler=cmd_ais_import)
+    imp.add_argument("files", nargs="+", metavar="FILE")
+    imp.add_argument("--format", choices=("nmea", "csv"), help="default: told by the content")
+    imp.add_argument("--received-at", metavar="T[/T2]",
+                     help="time (or range spread over the messages) for NMEA without times")
+    imp.add_argument("--columns", metavar="FIELD=COLUMN,...",
+                     help="CSV column mapping, e.g. mmsi=ship_id,time=ts,lat=y,lon=x "
+                          "(fields: " + ", ".join(CSV_FIELDS_HELP) + ")")
+    p = sub.add_parser("watchlist", help="vessels of interest flagged wherever they appear")
+    actions = p.add_subparsers(dest="watchlist_command", required=True, metavar="ACTION")
+    imp = actions.add_parser("import", parents=[common], help="add vessels from a CSV "
+                             "(columns mmsi, imo, name, note)")
+    imp.set_defaults(handler=cmd_watchlist_import)
+    imp.add_argument("file", metavar="FILE")
+
+
+CSV_FIELDS_HELP = ("mmsi", "time", "lat", "lon", "sog", "cog", "heading", "name", "imo",
+                   "callsign", "shiptype", "status", "length", "width")
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -307,6 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port")
     p.add_argument("--since", type=_date)
     p.add_argument("--format", choices=("table", "csv", "geojson"), default="table")
+    _add_ais_parsers(sub, common)
     return parser
 
 
@@ -319,6 +379,12 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, PortsError, SceneError) as exc:
         print(f"berthwatch {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except SourceAuthError as exc:
+        print(f"berthwatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except SourceError as exc:
+        print(f"berthwatch {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,7 +24,7 @@ import requests
 from affine import Affine
 from oauthlib.oauth2.rfc6749.errors import OAuth2Error
 from rasterio.crs import CRS as RioCRS
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import MemoryFile
 from sentinelhub import (
     CRS,
@@ -48,7 +49,7 @@ from imagery.config import (
 )
 from imagery.ports import Port
 from imagery.scene import SCENE_BANDS, SCL_BAND, SceneError, parse_time, write_scene
-from imagery.sources import SceneRef
+from imagery.sources import SceneRef, SourceAuthError, SourceError
 
 __all__ = [
     "CredentialsMissing",
@@ -91,7 +92,7 @@ function evaluatePixel(s) {
 """
 
 
-class SentinelHubError(RuntimeError):
+class SentinelHubError(SourceError):
     """A Sentinel Hub request that failed after retries; names the request and the status."""
 
     def __init__(self, message: str, status: int | None = None):
@@ -99,7 +100,7 @@ class SentinelHubError(RuntimeError):
         super().__init__(message)
 
 
-class SentinelHubAuthError(SentinelHubError):
+class SentinelHubAuthError(SentinelHubError, SourceAuthError):
     """Sentinel Hub refused the credentials (the message never contains the secret)."""
 
 
@@ -252,16 +253,17 @@ class SentinelHubSource:
     def _download_error(self, what: str, exc: Exception | None) -> SentinelHubError:
         response = getattr(exc, "response", None)
         status = getattr(response, "status_code", None)
-        url = str(getattr(response, "url", "") or getattr(getattr(exc, "request", None), "url",
-                                                             "") or "")
-        if url.startswith(self.config.sh_token_url) or status == 401:
-            return self._auth_error(what, status, decode_sentinelhub_err_msg(response)
-                                    if response is not None else "")
+        url = str(getattr(response, "url", "") or "")
         attempts = self.config.max_download_attempts
         if response is None:
             return SentinelHubError(redact(
                 f"{what} failed after {attempts} attempt(s): {type(exc).__name__}: {exc}"))
         detail = decode_sentinelhub_err_msg(response)
+        # A 4xx from the token service, or a 401 anywhere, means the credentials; a 5xx from
+        # the token service is an outage and is reported as such.
+        at_token_service = url.startswith(self.config.sh_token_url)
+        if status == 401 or (at_token_service and status is not None and status < 500):
+            return self._auth_error(what, status, detail)
         return SentinelHubError(redact(
             f"{what} failed: HTTP {status} from {url} after {attempts} attempt(s)"
             + (f": {detail}" if detail else "")), status)
@@ -295,9 +297,12 @@ def _decode_tiff(content: bytes, grid: AoiGrid, what: str) -> tuple[np.ndarray, 
     """The Process API TIFF as (6, H, W) uint16 with its georeferencing; the requested grid
     stands in where the TIFF carries none."""
     try:
-        with MemoryFile(content) as memfile, memfile.open() as src:
-            data = src.read()
-            crs, transform = src.crs, src.transform
+        with warnings.catch_warnings():
+            # A TIFF without georeferencing is handled below; rasterio's warning is noise.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            with MemoryFile(content) as memfile, memfile.open() as src:
+                data = src.read()
+                crs, transform = src.crs, src.transform
     except RasterioError as exc:
         raise SentinelHubError(f"{what}: response is not a readable TIFF ({exc})") from None
     expected = (len(FETCH_BANDS), grid.height, grid.width)

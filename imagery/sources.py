@@ -25,6 +25,14 @@ from imagery.workspace import Workspace
 log = logging.getLogger(__name__)
 
 
+class SourceError(RuntimeError):
+    """A scene source failed (network, provider, credentials); the message says which request."""
+
+
+class SourceAuthError(SourceError):
+    """The provider refused the credentials."""
+
+
 @dataclass(frozen=True)
 class SceneRef:
     """One scene a source can deliver."""
