@@ -16,8 +16,20 @@ Tables (created by `ensure_schema`):
 
 Times of NMEA messages, first found wins: the tag block `c:` field, a timestamp column before
 (or after) the sentence on the same line, the last `$PGHP` sentence before it (it holds until the
-next one), and finally `--received-at`. Vessel names and all other text are untrusted: stored
-verbatim, never interpreted; `printable()` escapes them for a terminal.
+next one), and finally `--received-at` (one time, or `T1/T2` spread evenly over the file's
+messages in order). A file none of whose messages has a time is refused (AisError).
+
+CSV: the MarineCadastre header (MMSI, BaseDateTime, LAT, LON, SOG, COG, Heading, VesselName,
+IMO, CallSign, VesselType, Status, Length, Width, ...) is recognised as is; other exports map
+their columns with `--columns FIELD=COLUMN,...`, FIELD one of `CSV_FIELDS` (mmsi, time, lat,
+lon required); fields not named are looked up under the usual header names (`CSV_ALIASES`,
+case-insensitive). The delimiter is whichever of , ; tab | the header uses most. Times are ISO
+8601 (naive = UTC) or Unix seconds/milliseconds. Watchlist CSV: header with any of mmsi, imo,
+name (at least one per row) and note.
+
+Files may be gzip-compressed. Every loss is counted by reason, never fatal: the sentence-level
+reasons (malformed_line, bad_checksum, bad_tag_block_checksum, undecodable_sentence) count
+lines, the others count messages (or CSV rows).
 """
 
 from __future__ import annotations
@@ -1021,6 +1033,18 @@ def import_watchlist(ws: Workspace, path: str | Path) -> WatchlistReport:
     report.rejected = dict(sorted(rejected.items()))
     report.seen = _watchlisted(ws, _candidates(ws))
     return report
+
+
+def describe_watchlist(report: WatchlistReport) -> list[str]:
+    """Lines for the terminal: entries added, rows refused, stored AIS vessels now flagged."""
+    lines = [f"{report.file}: {report.added} watchlist entries added, "
+             f"{report.already_listed} already listed"]
+    if report.rejected:
+        lines.append("  rejected: " + ", ".join(f"{k} {v}" for k, v in report.rejected.items()))
+    for mmsi, name, entry in report.seen:
+        lines.append(f"  already in AIS: MMSI {mmsi} {printable(name)} (matched on "
+                     f"{entry.matched_on}: {printable(entry.name)}; {printable(entry.note)})")
+    return lines
 
 
 def _watchlist_rows(handle: IO[str], path: Path,

@@ -277,8 +277,8 @@ def _add_ais_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     imp.add_argument("--received-at", metavar="T[/T2]",
                      help="time (or range spread over the messages) for NMEA without times")
     imp.add_argument("--columns", metavar="FIELD=COLUMN,...",
-                     help="CSV column mapping, e.g. mmsi=ship_id,time=ts,lat=y,lon=x "
-                          "(fields: " + ", ".join(CSV_FIELDS_HELP) + ")")
+                     help="CSV columns, e.g. mmsi=ship_id,time=ts,lat=y,lon=x (optional: sog, "
+                          "cog, heading, name, imo, callsign, shiptype, status, length, width)")
     p = sub.add_parser("watchlist", help="vessels of interest flagged wherever they appear")
     actions = p.add_subparsers(dest="watchlist_command", required=True, metavar="ACTION")
     imp = actions.add_parser("import", parents=[common], help="add vessels from a CSV "
@@ -287,8 +287,29 @@ def _add_ais_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentP
     imp.add_argument("file", metavar="FILE")
 
 
-CSV_FIELDS_HELP = ("mmsi", "time", "lat", "lon", "sog", "cog", "heading", "name", "imo",
-                   "callsign", "shiptype", "status", "length", "width")
+def cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from imagery.demo import run_demo
+
+    started = time.monotonic()
+    workspace = args.workspace or "berthwatch-demo"
+    print("berthwatch demo: SIMULATED scenes and SIMULATED AIS of Chongjin and Vostochny")
+    result = run_demo(workspace, seed=args.seed)
+    print(f"\nSIMULATED undeclared port calls ({result.scenes} scenes):")
+    from imagery.alerts import format_alerts, query_alerts
+    from imagery.pipeline import open_workspace
+
+    ws = open_workspace(workspace)
+    for port, count in sorted(result.alerts_by_port.items()):
+        print(f"\n{port}: {count} alert(s)")
+        sys.stdout.write(format_alerts(query_alerts(ws, port=port)))
+    print(f"\nagainst the simulation's truth: precision {result.precision:.2f}, "
+          f"recall {result.recall:.2f} (tp {result.tp}, fp {result.fp}, fn {result.fn})")
+    print(f"timeline plot: {result.plot}")
+    print(f"review the alerts: berthwatch review --workspace {workspace}")
+    print(f"demo finished in {time.monotonic() - started:.0f} s")
+    return 0
 
 
 # --- parser ----------------------------------------------------------------------------------
@@ -362,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "watch":
             p.add_argument("--every", type=_interval, default=_interval("6h"))
             p.add_argument("--max-passes", type=int, default=0, help=argparse.SUPPRESS)
+    p = add("demo", cmd_demo, "run the whole pipeline offline on SIMULATED data")
+    p.add_argument("--seed", type=int, default=7)
     p = add("alerts", cmd_alerts, "list undeclared port calls (unmatched berthed vessels)")
     p.add_argument("--port")
     p.add_argument("--since", type=_date)

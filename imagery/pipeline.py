@@ -274,28 +274,34 @@ def _detections(collection: dict) -> list[Detection]:
 
 def load_ais(ws: Workspace, port: Port, when: datetime,
              gates: Gates) -> tuple[list[AisFix], dict[int, AisVessel]]:
-    """AIS fixes near the port in the window the placement rules can use."""
+    """AIS fixes around the port in the window the placement rules can use. The box reaches
+    beyond the AOI so that a vessel arriving from outside can still be interpolated."""
     from imagery import ais
 
     west, south, east, north = port.aoi.bounds
+    pad = 0.2  # degrees, about 20 km: two hours at 5 knots
     margin = max(gates.moored_hold, gates.interpolate_max_gap)
     conn = ws.connect()
     try:
-        rows = ais.positions_near(conn, west, south, east, north, when - margin, when + margin)
-        fixes = [AisFix(r["mmsi"], _as_time(r["time"]), r["lon"], r["lat"], r["sog_kn"],
-                        r["nav_status"]) for r in rows]
+        rows = ais.positions_near(conn, west - pad, south - pad, east + pad, north + pad,
+                                  when - margin, when + margin)
+        fixes = [AisFix(r.mmsi, _as_time(r.time), r.lon, r.lat, r.sog_kn, r.nav_status)
+                 for r in rows]
         vessels = {}
         for mmsi in {f.mmsi for f in fixes}:
             info = ais.vessel_info(conn, mmsi)
-            watch = ais.watchlist_match(conn, mmsi, info.get("imo") if info else None,
-                                        info.get("name") if info else None)
-            vessels[mmsi] = AisVessel(mmsi, info.get("name") if info else None,
-                                      info.get("length_m") if info else None,
-                                      info.get("ship_type") if info else None,
-                                      watch is not None)
+            if info is None:
+                vessels[mmsi] = AisVessel(mmsi, watchlisted=_watchlisted(ais, conn, mmsi))
+                continue
+            vessels[mmsi] = AisVessel(mmsi, info.name, info.length_m, info.ship_type,
+                                      info.watchlist is not None)
     finally:
         conn.close()
     return fixes, vessels
+
+
+def _watchlisted(ais, conn, mmsi: int) -> bool:
+    return ais.watchlist_match(conn, mmsi, None, None) is not None
 
 
 def _as_time(value) -> datetime:

@@ -1,0 +1,526 @@
+"""The analyst review web app: `create_app(workspace)` and `serve(...)` behind `berthwatch review`.
+
+Server-rendered pages (Jinja2, autoescaped) with one small local script; no asset leaves the
+machine. Security, in the order a request meets it:
+- authentication: with a token (required for any non-loopback bind) a request carries it as
+  `Authorization: Bearer T`, or once as `?token=T` (answered with a redirect that sets a cookie
+  holding a keyed digest of the token, so the token leaves the address bar and history);
+- without a token, only loopback Host names are served (a DNS-rebinding page cannot reach it);
+- every POST needs the per-session CSRF token of its cookie repeated in the form (compared with
+  `hmac.compare_digest`) and an Origin/Referer, when the browser sends one, naming this host;
+- responses carry a strict Content-Security-Policy (`default-src 'self'`, no inline script,
+  `frame-ancestors 'none'`), `X-Content-Type-Options: nosniff` and no referrer;
+- alert ids are validated and looked up; files are only scenes and plots resolved inside the
+  workspace (there is no endpoint that takes a path).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import io
+import ipaddress
+import json
+import os
+import re
+import secrets
+from pathlib import Path
+from urllib.parse import quote, unquote, urlencode, urlsplit
+
+import jinja2
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from imagery import review_db, review_media
+from imagery.pipeline import open_workspace
+from imagery.workspace import Workspace
+
+HERE = Path(__file__).resolve().parent
+CSRF_COOKIE, AUTH_COOKIE, ANALYST_COOKIE = "bw_csrf", "bw_session", "bw_analyst"
+ALERT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,199}#\d{1,9}$")
+PORT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+CSP = ("default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+MAX_NOTE, MAX_ANALYST = 2000, 80
+
+
+class BindError(ValueError):
+    """A host/token combination the review server refuses to start with."""
+
+
+def is_loopback(host: str) -> bool:
+    name = host.strip().strip("[]").lower()
+    if name in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Loopback needs nothing; any other address (0.0.0.0 included) needs a token."""
+    if not is_loopback(host) and not token:
+        raise BindError(f"binding to {host} exposes the review app beyond this machine; give "
+                        "--token T (or $BERTHWATCH_REVIEW_TOKEN) so every request must carry it")
+    if token is not None and len(token) < 16:
+        raise BindError("the token is too short: use at least 16 characters "
+                        "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
+
+
+def serve(workspace: str | os.PathLike | None, host: str = "127.0.0.1", port: int = 8000,
+          token: str | None = None) -> None:
+    """Run the app with uvicorn until interrupted."""
+    import uvicorn
+
+    check_bind(host, token)
+    app = create_app(workspace, token=token)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"berthwatch review: http://{shown}:{port}/  (workspace {app.state.ws.root})")
+    uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
+
+
+# --- the app ---------------------------------------------------------------------------------
+
+
+def create_app(workspace_path: str | os.PathLike | None, token: str | None = None) -> FastAPI:
+    """The review app over one workspace; `token` turns on token authentication."""
+    ws = open_workspace(workspace_path)
+    review_db.ensure_schema(ws)
+    app = FastAPI(title="berthwatch review", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ws = ws
+    app.state.templates = _templates()
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    _install_security(app, token)
+    _install_pages(app)
+    _install_actions(app)
+    _install_files(app)
+    return app
+
+
+def _templates() -> Jinja2Templates:
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined)
+    env.filters["q"] = lambda value: quote(str(value), safe="")
+    env.filters["num"] = _number
+    return Jinja2Templates(env=env)
+
+
+def _number(value: object, digits: int = 0) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+# --- security --------------------------------------------------------------------------------
+
+
+def _session_digest(token: str) -> str:
+    """What the auth cookie holds: a keyed digest, so the cookie is not the token itself."""
+    return hmac.new(token.encode(), b"berthwatch-review-session", hashlib.sha256).hexdigest()
+
+
+def _authorised(request: Request, token: str) -> bool:
+    header = request.headers.get("authorization", "")
+    if header.lower().startswith("bearer ") and hmac.compare_digest(
+            header[7:].strip().encode(), token.encode()):
+        return True
+    cookie = request.cookies.get(AUTH_COOKIE, "")
+    return hmac.compare_digest(cookie.encode(), _session_digest(token).encode())
+
+
+def _token_login(request: Request, token: str) -> Response | None:
+    """`?token=T` once: a redirect to the same address without it, setting the cookie."""
+    given = request.query_params.get("token")
+    if given is None or not hmac.compare_digest(given.encode(), token.encode()):
+        return None
+    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+    target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(AUTH_COOKIE, _session_digest(token), httponly=True, samesite="strict")
+    return response
+
+
+def _gate(request: Request, token: str | None) -> Response | None:
+    """A refusal, or None to let the request through."""
+    if token is None:
+        if not is_loopback(request.url.hostname or ""):
+            return PlainTextResponse("unexpected Host header", status_code=400)
+        return None
+    if _authorised(request, token):
+        return None
+    login = _token_login(request, token)
+    if login is not None:
+        return login
+    return PlainTextResponse("berthwatch review: a token is required (open the address with "
+                             "?token=... or send Authorization: Bearer ...)", status_code=401,
+                             headers={"WWW-Authenticate": "Bearer"})
+
+
+def _install_security(app: FastAPI, token: str | None) -> None:
+    @app.middleware("http")
+    async def security(request: Request, call_next):
+        response = _gate(request, token)
+        fresh = None
+        if response is None:
+            csrf = request.cookies.get(CSRF_COOKIE, "")
+            if not re.fullmatch(r"[A-Za-z0-9_-]{32,64}", csrf):
+                csrf = fresh = secrets.token_urlsafe(32)
+            request.state.csrf = csrf
+            response = await call_next(request)
+        if fresh:
+            response.set_cookie(CSRF_COOKIE, fresh, httponly=True, samesite="strict")
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        if not request.url.path.startswith("/static/"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    @app.exception_handler(HTTPException)
+    async def plain_error(request: Request, exc: HTTPException):
+        # Plain text: an error message never becomes markup, whatever it quotes.
+        return PlainTextResponse(f"{exc.status_code}: {exc.detail}", status_code=exc.status_code)
+
+
+def _same_origin(request: Request) -> bool:
+    """The browser's Origin (or Referer) names this host; absent headers pass (non-browser
+    clients), the CSRF token still has to match."""
+    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+        return False
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if source is None:
+        return True
+    if source == "null":
+        return False
+    return urlsplit(source).netloc.lower() == request.headers.get("host", "").lower()
+
+
+async def checked_form(request: Request) -> dict[str, str]:
+    """The POSTed form after the CSRF checks; 403 when they fail."""
+    if not _same_origin(request):
+        raise HTTPException(403, "cross-site request refused")
+    form = await request.form()
+    given = str(form.get("csrf", ""))
+    cookie = request.cookies.get(CSRF_COOKIE, "")
+    if not cookie or not hmac.compare_digest(given.encode(), cookie.encode()):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+    return {k: str(v) for k, v in form.items() if isinstance(v, str)}
+
+
+# --- lookups ---------------------------------------------------------------------------------
+
+
+def _ws(request: Request) -> Workspace:
+    return request.app.state.ws
+
+
+def load_alert(request: Request, alert_id: str) -> dict:
+    if not ALERT_ID.match(alert_id):
+        raise HTTPException(404, "no such alert")
+    alert = review_db.get_alert(_ws(request), alert_id)
+    if alert is None:
+        raise HTTPException(404, "no such alert")
+    return alert
+
+
+def _view(request: Request, alert: dict) -> review_media.AlertView:
+    try:
+        return review_media.alert_view(_ws(request), alert)
+    except review_media.MediaError as exc:
+        raise HTTPException(404, str(exc)) from None
+
+
+def _render(request: Request, name: str, **context) -> Response:
+    context.update(csrf=request.state.csrf, analyst=_analyst_cookie(request))
+    return request.app.state.templates.TemplateResponse(request, name, context)
+
+
+def _analyst_cookie(request: Request) -> str:
+    return unquote(request.cookies.get(ANALYST_COOKIE, ""))[:MAX_ANALYST]
+
+
+def alert_url(alert_id: str) -> str:
+    return f"/alerts/{quote(alert_id, safe='')}"
+
+
+# --- pages -----------------------------------------------------------------------------------
+
+
+def _queue_filters(request: Request) -> dict:
+    params = request.query_params
+    port = params.get("port") or None
+    status = params.get("status") if params.get("status") in review_db.STATUSES else None
+    try:
+        min_score = float(params["min_score"]) if params.get("min_score") else None
+    except ValueError:
+        min_score = None
+    return {"port": port, "status": status, "min_score": min_score}
+
+
+def _ports_with_alerts(ws: Workspace) -> list[dict]:
+    conn = ws.connect()
+    try:
+        rows = conn.execute("SELECT port, MAX(simulated) AS simulated, COUNT(*) AS n"
+                            " FROM alerts GROUP BY port ORDER BY port").fetchall()
+    finally:
+        conn.close()
+    return [dict(r) for r in rows]
+
+
+def _install_pages(app: FastAPI) -> None:
+    @app.get("/")
+    def queue(request: Request):
+        filters = _queue_filters(request)
+        ws = _ws(request)
+        alerts = review_db.list_alerts(ws, **filters)
+        return _render(request, "queue.html", alerts=alerts, filters=filters,
+                       ports=_ports_with_alerts(ws), statuses=review_db.STATUSES)
+
+    @app.get("/alerts/{alert_id}")
+    def alert_page(request: Request, alert_id: str):
+        alert = load_alert(request, alert_id)
+        view = _view(request, alert)
+        ws = _ws(request)
+        return _render(request, "alert.html", a=alert, view=view, scene=_scene_meta(ws, alert),
+                       considered=_considered(view), placed=_placed(view),
+                       vessels=view.vessels, neighbours=_neighbours(ws, alert),
+                       history=review_db.history(ws, alert_id=alert_id),
+                       verdicts=review_db.VERDICTS, message=request.query_params.get("msg"))
+
+
+def _scene_meta(ws: Workspace, alert: dict) -> dict:
+    conn = ws.connect()
+    try:
+        row = conn.execute("SELECT s.*, p.model AS p_model, p.weights_sha256 AS p_sha"
+                           " FROM scenes s LEFT JOIN processing p ON p.scene_id = s.scene_id"
+                           " WHERE s.scene_id = ?", (alert["scene_id"],)).fetchone()
+    finally:
+        conn.close()
+    meta = dict(row) if row else {"scene_id": alert["scene_id"]}
+    meta["model"] = alert["model"] or meta.get("p_model")
+    meta["weights_sha256"] = alert["weights_sha256"] or meta.get("p_sha")
+    return meta
+
+
+def _considered(view: review_media.AlertView) -> list[dict]:
+    out = []
+    for c in view.alert["considered"]:
+        info = view.names.get(c["mmsi"])
+        out.append(dict(c, name=(info.name if info and info.name else c.get("name")),
+                        imo=info.imo if info else None,
+                        watchlist=bool(info and info.watchlist)))
+    return out
+
+
+def _placed(view: review_media.AlertView) -> list[dict]:
+    a = view.alert
+    rows = []
+    for p in view.placed_in_chip():
+        info = view.names.get(p.mmsi)
+        rows.append({"mmsi": p.mmsi, "name": info.name if info else None, "method": p.method,
+                     "fix_age_min": p.fix_age_s / 60.0,
+                     "distance_m": review_media._metres(a["lon"], a["lat"], p.lon, p.lat)})
+    return sorted(rows, key=lambda r: r["distance_m"])
+
+
+def _neighbours(ws: Workspace, alert: dict) -> list[dict]:
+    out = []
+    for which, scene in review_media.neighbour_scenes(ws, alert["port"],
+                                                      alert["acquisition_time"]).items():
+        if scene is None:
+            continue
+        other = review_media.nearest_alert(ws, scene["scene_id"], alert["lon"], alert["lat"])
+        out.append(dict(scene, which=which, alert_id=other))
+    return out
+
+
+# --- actions ---------------------------------------------------------------------------------
+
+
+def _analyst(form: dict[str, str]) -> str:
+    name = " ".join(form.get("analyst", "").split())[:MAX_ANALYST]
+    if not name:
+        raise HTTPException(400, "give your name as analyst")
+    return name
+
+
+def _back(alert_id: str, analyst: str, message: str) -> RedirectResponse:
+    response = RedirectResponse(f"{alert_url(alert_id)}?{urlencode({'msg': message})}",
+                                status_code=303)
+    response.set_cookie(ANALYST_COOKIE, quote(analyst, safe=""), max_age=180 * 86400,
+                        httponly=True, samesite="strict")
+    return response
+
+
+def _install_actions(app: FastAPI) -> None:
+    @app.post("/alerts/{alert_id}/verdict")
+    async def verdict(request: Request, alert_id: str):
+        form = await checked_form(request)
+        alert = load_alert(request, alert_id)
+        analyst, choice = _analyst(form), form.get("verdict", "")
+        if choice not in review_db.VERDICTS:
+            raise HTTPException(400, f"verdict must be one of {', '.join(review_db.VERDICTS)}")
+        review_db.record(_ws(request), scene_id=alert["scene_id"], action="verdict",
+                         analyst=analyst, alert_id=alert_id, det_id=alert["det_id"],
+                         verdict=choice, note=form.get("note", "")[:MAX_NOTE])
+        return _back(alert_id, analyst, f"recorded: {choice}")
+
+    @app.post("/alerts/{alert_id}/vessels")
+    async def vessels(request: Request, alert_id: str):
+        form = await checked_form(request)
+        alert = load_alert(request, alert_id)
+        analyst = _analyst(form)
+        view = _view(request, alert)
+        message = _apply_vessel_edit(_ws(request), view, form, analyst)
+        return _back(alert_id, analyst, message)
+
+
+def _apply_vessel_edit(ws: Workspace, view: review_media.AlertView, form: dict[str, str],
+                       analyst: str) -> str:
+    """op = `delete:<ref>`, or `chip` with mode `add` | `move:<ref>` at px_x, px_y."""
+    op = form.get("op", "")
+    mode = form.get("mode", "add") if op == "chip" else op
+    action, _, ref = mode.partition(":")
+    known = {v.ref: v for v in view.vessels}
+    if action in ("move", "delete") and (ref not in known or known[ref].state == "deleted"):
+        raise HTTPException(400, "no such vessel in this scene")
+    if action not in review_db.EDIT_ACTIONS:
+        raise HTTPException(400, "unknown action")
+    payload: dict = {"target": ref} if ref else {}
+    if action in ("add", "move"):
+        payload.update(_position(view, form))
+    if action == "add" and form.get("length_m"):
+        payload["length_m"] = _float(form["length_m"], "length_m", 1.0, 500.0)
+    target = known.get(ref)
+    review_db.record(ws, scene_id=view.alert["scene_id"], action=action, analyst=analyst,
+                     alert_id=view.alert["alert_id"], det_id=target.det_id if target else None,
+                     note=form.get("note", "")[:MAX_NOTE], payload=payload)
+    return f"recorded: {action} {ref}".strip()
+
+
+def _float(text: str, name: str, low: float, high: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise HTTPException(400, f"{name} is not a number") from None
+    if not low <= value <= high:
+        raise HTTPException(400, f"{name} must lie between {low:g} and {high:g}")
+    return value
+
+
+def _position(view: review_media.AlertView, form: dict[str, str]) -> dict:
+    """Scene pixel coordinates from the click, checked to lie in the scene, with lon/lat."""
+    px = _float(form.get("px_x", ""), "px_x", 0.0, float(view.info.width))
+    py = _float(form.get("px_y", ""), "px_y", 0.0, float(view.info.height))
+    lon, lat = review_media.to_lonlat(view.info, px, py)
+    return {"px_x": round(px, 2), "px_y": round(py, 2), "lon": lon, "lat": lat}
+
+
+# --- files -----------------------------------------------------------------------------------
+
+
+def _png(data: bytes) -> Response:
+    return Response(data, media_type="image/png")
+
+
+def _install_files(app: FastAPI) -> None:
+    @app.get("/alerts/{alert_id}/chip.png")
+    def chip(request: Request, alert_id: str, bands: str = "true"):
+        if bands not in ("true", "false"):
+            raise HTTPException(400, "bands must be true or false")
+        return _png(_view(request, load_alert(request, alert_id)).chip(bands))
+
+    @app.get("/alerts/{alert_id}/neighbour/{which}.png")
+    def neighbour(request: Request, alert_id: str, which: str):
+        alert = load_alert(request, alert_id)
+        return _png(_neighbour_chip(_ws(request), alert, which))
+
+    @app.get("/alerts/{alert_id}/evidence.zip")
+    def evidence(request: Request, alert_id: str):
+        alert = load_alert(request, alert_id)
+        data = review_media.evidence_zip(_ws(request), _view(request, alert))
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", alert_id)
+        return Response(data, media_type="application/zip", headers={
+            "Content-Disposition": f'attachment; filename="evidence-{name}.zip"'})
+
+    @app.get("/timeline/{port}.png")
+    def timeline(request: Request, port: str):
+        return _timeline(_ws(request), port)
+
+    @app.get("/export/confirmed.csv")
+    def confirmed_csv(request: Request):
+        return Response(confirmed_as_csv(_ws(request)), media_type="text/csv", headers={
+            "Content-Disposition": 'attachment; filename="confirmed.csv"'})
+
+    @app.get("/export/confirmed.geojson")
+    def confirmed_geojson(request: Request):
+        body = json.dumps(confirmed_as_geojson(_ws(request)), indent=1)
+        return Response(body, media_type="application/geo+json", headers={
+            "Content-Disposition": 'attachment; filename="confirmed.geojson"'})
+
+
+def _neighbour_chip(ws: Workspace, alert: dict, which: str) -> bytes:
+    scene = review_media.neighbour_scenes(ws, alert["port"], alert["acquisition_time"]).get(which)
+    if scene is None:
+        raise HTTPException(404, "no such neighbour scene")
+    try:
+        info = review_media.scene_info(ws, scene["scene_id"])
+    except review_media.MediaError as exc:
+        raise HTTPException(404, str(exc)) from None
+    win = review_media.window_around(*review_media.to_pixel(info, alert["lon"], alert["lat"]),
+                                     scale=review_media.NEIGHBOUR_SCALE)
+    vessels = review_db.scene_vessels(ws, scene["scene_id"])
+    return review_media.render_chip(info, win, "true", vessels)
+
+
+def _timeline(ws: Workspace, port: str) -> Response:
+    ports = {p["port"]: p for p in _ports_with_alerts(ws)}
+    if not PORT_NAME.match(port) or port not in ports:
+        raise HTTPException(404, "no timeline for that port")
+    path = review_media.timeline_png(ws, port, simulated=bool(ports[port]["simulated"]))
+    if path is None or not path.resolve().is_relative_to(ws.root):
+        raise HTTPException(404, "no timeline for that port")
+    return FileResponse(path, media_type="image/png")
+
+
+# --- exports ---------------------------------------------------------------------------------
+
+CONFIRMED_COLUMNS = ("alert_id", "port", "zone", "acquisition_time", "lon", "lat", "score",
+                     "length_m", "episode_id", "first_seen", "last_seen", "analyst",
+                     "verdict_at", "note", "model", "weights_sha256", "simulated")
+
+
+def csv_cell(value: object) -> object:
+    """Text a spreadsheet would run as a formula is quoted (CSV injection)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def confirmed_as_csv(ws: Workspace) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CONFIRMED_COLUMNS)
+    for row in review_db.confirmed_calls(ws):
+        writer.writerow([csv_cell(row.get(c)) for c in CONFIRMED_COLUMNS])
+    return out.getvalue()
+
+
+def confirmed_as_geojson(ws: Workspace) -> dict:
+    features = []
+    for row in review_db.confirmed_calls(ws):
+        props = {c: row.get(c) for c in CONFIRMED_COLUMNS if c not in ("lon", "lat")}
+        props.update(reasons=row["reasons"], ais_considered=row["considered"])
+        features.append({"type": "Feature", "properties": props,
+                         "geometry": {"type": "Point", "coordinates": [row["lon"], row["lat"]]}})
+    return {"type": "FeatureCollection", "features": features}
