@@ -177,7 +177,7 @@ def _run_once(args: argparse.Namespace) -> int:
 
     ports = [_port(args)] if args.port else list(_ports(args).values())
     source = None if args.no_fetch else _source(args)
-    end = datetime.now(UTC)
+    end = args.until or datetime.now(UTC)
     start = args.since or end - timedelta(days=14)
     ws = open_workspace(args.workspace)
     try:
@@ -312,6 +312,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- review, chips export --------------------------------------------------------------------
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    import os
+
+    from imagery.review import BindError, serve
+
+    # The environment keeps the token out of `ps` and shell history.
+    token = args.token or os.environ.get("BERTHWATCH_REVIEW_TOKEN") or None
+    try:
+        serve(args.workspace, args.host, args.port, token)
+    except BindError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def cmd_chips_export(args: argparse.Namespace) -> int:
+    from imagery.pipeline import open_workspace
+    from imagery.review_export import export_chips
+
+    results = export_chips(open_workspace(args.workspace), args.out)
+    for r in results:
+        if r.skipped:
+            print(f"  skipped {r.scene_id}: {r.skipped}")
+        else:
+            print(f"  {r.folder}: {r.labels} vessel label(s), {r.negatives} negative(s)")
+    written = sum(1 for r in results if not r.skipped)
+    print(f"{written} reviewed scene(s) exported to {args.out}")
+    return 0
+
+
+def _add_review_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("review", parents=[common], help="the analyst review web app",
+                       description="Serve the analyst review pages (127.0.0.1 by default).")
+    p.set_defaults(handler=cmd_review)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other needs --token)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--token", help="require this token (default $BERTHWATCH_REVIEW_TOKEN)")
+    p = sub.add_parser("chips", help="reviewed scenes as training chips")
+    actions = p.add_subparsers(dest="chips_command", required=True, metavar="ACTION")
+    exp = actions.add_parser("export", parents=[common], help="write reviewed scenes as "
+                             "scene.tif + labels.geojson folders (the sen2ships layout)")
+    exp.set_defaults(handler=cmd_chips_export)
+    exp.add_argument("--out", required=True, metavar="DIR")
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -371,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, handler, text)
         p.add_argument("--port", help="one port (default: all)")
         p.add_argument("--since", type=_date, help="search scenes since (default: 14 days ago)")
+        p.add_argument("--until", type=_end_date, help="search scenes until (default: now)")
         p.add_argument("--max-cloud", type=float, default=30.0)
         p.add_argument("--source", choices=("sentinelhub", "local", "simulated"),
                        default="sentinelhub")
@@ -390,6 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=_date)
     p.add_argument("--format", choices=("table", "csv", "geojson"), default="table")
     _add_ais_parsers(sub, common)
+    _add_review_parsers(sub, common)
     return parser
 
 

@@ -90,7 +90,7 @@ def in_port(vessel: DemoVessel, when: datetime) -> bool:
 
 
 def _nmea(fields: dict, epoch: int) -> list[str]:
-    lines = encode_dict(fields, radio_channel="A", talker_id="AIVDM")
+    lines = encode_dict(fields, radio_channel="A", talker_id="AI", sentence_type="VDM")
     # A tag block with the receive time, as terrestrial AIS networks deliver it.
     return [_tag_block(epoch) + line for line in lines]
 

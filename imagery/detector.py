@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from pyproj import Transformer
 from rasterio.windows import Window
 from scipy import ndimage
+from scipy.spatial import cKDTree
 from torch import nn
 
 from imagery.scene import (
@@ -46,6 +47,7 @@ from imagery.tiling import chip_windows, iter_chips
 PIXEL_RANGE_M = (8.0, 10.0)  # ground pixel sizes the model is trained for
 LOG_EPS = 0.01  # log(reflectance + eps): haze and gain become offsets, dark water stays finite
 LOG_CENTER, LOG_SCALE = -2.5, 1.0
+CONTRAST_SCALE = 0.05  # a vessel on water stands 0.05-0.3 above its surroundings
 BERTHED_DISTANCE_M = 60.0
 MIN_LAND_AREA_M2 = 50_000.0  # smaller non-water blobs are ships, buoys or noise, not land
 DEFAULT_NAME = "berthnet-s2"
@@ -102,7 +104,7 @@ class BerthNet(nn.Module):
         super().__init__()
         w1, w2, w3, w4 = widths
         self.widths, self.bands = tuple(widths), bands
-        cin = 2 * bands + 1  # log bands, presence flags, NDWI
+        cin = 3 * bands + 1  # log bands, local contrast, presence flags, NDWI
         self.stem = nn.Sequential(_conv(cin, w1), _conv(w1, w1))
         self.down2 = nn.Sequential(_conv(w1, w2, stride=2), _conv(w2, w2))
         self.down4 = nn.Sequential(_conv(w2, w3, stride=2), _Residual(w3))
@@ -115,14 +117,18 @@ class BerthNet(nn.Module):
 
     @staticmethod
     def features(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """Scene-independent inputs: log reflectance, presence flags and NDWI (B03, B08)."""
+        """Scene-independent inputs: log reflectance, local contrast (reflectance minus its
+        ~40 px neighbourhood mean: additive haze and glint cancel), presence flags, NDWI."""
         p = present.to(x.dtype)[:, :, None, None]
         x = torch.nan_to_num(x, nan=0.0).clamp(min=0.0, max=2.0) * p
         logs = (torch.log(x + LOG_EPS) - LOG_CENTER) / LOG_SCALE * p
+        coarse = F.avg_pool2d(F.avg_pool2d(x, 4), 9, stride=1, padding=4, count_include_pad=False)
+        local = F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        contrast = ((x - local) / CONTRAST_SCALE).clamp(-8.0, 8.0)
         green, nir = x[:, 1:2], x[:, 3:4]
         ndwi = (green - nir) / (green + nir + 1e-3) * p[:, 1:2] * p[:, 3:4]
         flags = p.expand(-1, -1, x.shape[2], x.shape[3])
-        return torch.cat([logs, flags, ndwi], dim=1)
+        return torch.cat([logs, contrast, flags, ndwi], dim=1)
 
     def forward(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         f1 = self.stem(self.features(x, present))
@@ -151,6 +157,8 @@ class WeightsEntry:
     pixel_range_m: tuple[float, float] = PIXEL_RANGE_M
     widths: tuple[int, ...] = (16, 32, 64, 96)
     threshold: float = 0.5
+    nms_kernel: int = 3  # peak = max of its kernel x kernel neighbourhood
+    box_fraction: float = 0.8  # drop peaks inside a stronger vessel's hull shrunk to this
     metrics: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
     params: int = 0
@@ -400,13 +408,35 @@ def _chip_detections(
     return found
 
 
-def dedup(detections: list[Detection], radius_px: float) -> list[Detection]:
-    """Drop a detection within `radius_px` of a higher-scoring one (seam duplicates)."""
-    kept: list[Detection] = []
-    for d in sorted(detections, key=lambda d: -d.score):
-        if all((d.px_x - k.px_x) ** 2 + (d.px_y - k.px_y) ** 2 > radius_px**2 for k in kept):
-            kept.append(d)
-    return kept
+def suppress(
+    detections: list[Detection], pixel_m: float, radius_px: float, box_fraction: float = 0.0
+) -> list[Detection]:
+    """Greedy NMS in scene pixels: drop a detection within `radius_px` of a higher-scoring one
+    (seam duplicates), or, with `box_fraction` > 0, inside the higher one's estimated hull
+    shrunk to that fraction (a second peak along one long vessel). Vessels side by side stay
+    apart: their centres lie outside each other's hull across the beam."""
+    if not detections:
+        return []
+    order = sorted(detections, key=lambda d: -d.score)
+    xy = np.array([(d.px_x, d.px_y) for d in order])
+    reach = max(radius_px, box_fraction * max(d.length_m for d in order) / pixel_m / 2)
+    tree = cKDTree(xy)
+    dropped = np.zeros(len(order), dtype=bool)
+    for i, d in enumerate(order):
+        if dropped[i]:
+            continue
+        h = math.radians(d.heading_deg)
+        axis = np.array([math.sin(h), -math.cos(h)])  # heading (clockwise from north) in grid
+        half_l = box_fraction * d.length_m / pixel_m / 2
+        half_w = box_fraction * d.width_m / pixel_m / 2
+        for j in tree.query_ball_point(xy[i], reach):
+            if j <= i or dropped[j]:
+                continue
+            off = xy[j] - xy[i]
+            along, across = off @ axis, off[0] * axis[1] - off[1] * axis[0]
+            near = math.hypot(*off) <= radius_px
+            dropped[j] = near or (abs(along) <= half_l and abs(across) <= half_w)
+    return [d for d, gone in zip(order, dropped, strict=True) if not gone]
 
 
 def _batched(items: Iterator, size: int) -> Iterator[list]:
@@ -425,14 +455,18 @@ def detect(
     model: BerthNet,
     threshold: float,
     chip_size: int = 512,
-    overlap: int = 64,
+    overlap: int | None = None,
     batch_size: int = 4,
     pixel_range: tuple[float, float] = PIXEL_RANGE_M,
     progress: bool = False,
+    box_fraction: float = 0.0,
+    kernel: int = 3,
 ) -> list[Detection]:
-    """Run the model chip by chip over a scene; memory is bounded by one batch of chips."""
-    if chip_size % 8:
-        raise DetectorError(f"chip_size {chip_size} must be a multiple of 8")
+    """Run the model chip by chip over a scene; memory is bounded by one batch of chips.
+    `overlap` defaults to chip_size / 8 (64 px: 32 px of context each side of a seam)."""
+    if chip_size % 8 or chip_size < 32:
+        raise DetectorError(f"chip_size {chip_size} must be a multiple of 8, at least 32")
+    overlap = chip_size // 8 if overlap is None else overlap
     native_chip, native_overlap, scale = _chip_plan(info, chip_size, overlap, pixel_range)
     present = torch.tensor([[b in info.bands for b in SCENE_BANDS]])
     chips = iter_chips(info, native_chip, native_overlap, SCENE_BANDS, with_scl=info.has_scl)
@@ -441,13 +475,13 @@ def detect(
     found: list[Detection] = []
     for batch in _batched(chips, batch_size):
         out = _run_batch(model, [c.array for c in batch], present, chip_size)
-        for chip, o, peaks in zip(batch, out, decode_peaks(out, threshold), strict=True):
+        for chip, o, peaks in zip(batch, out, decode_peaks(out, threshold, kernel), strict=True):
             found.extend(_chip_detections(o, peaks, chip, info, scale))
         bar.update(len(batch))
     bar.close()
-    # Cores partition the scene, so duplicates can only come from a peak that moved by a pixel
-    # between two chips' views of a seam; 1.5 model px is well below vessel spacing.
-    return dedup(found, 1.5 * scale)
+    # Cores partition the scene, so seam duplicates can only come from a peak that moved by a
+    # pixel between two chips' views of a seam; 1.5 model px is well below vessel spacing.
+    return suppress(found, info.pixel_size_m, 1.5 * scale, box_fraction)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -571,6 +605,12 @@ def _write_json(doc: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def decode_options(entry: WeightsEntry) -> dict:
+    """The detect() keyword arguments a weights entry fixes."""
+    return {"pixel_range": entry.pixel_range_m, "box_fraction": entry.box_fraction,
+            "kernel": entry.nms_kernel}
+
+
 def _resolve_port(port):
     if port is None or not isinstance(port, str):
         return port
@@ -608,7 +648,7 @@ def detect_scene(
         raise DetectorError(f"threshold {threshold} must be between 0 and 1")
     port = _resolve_port(port)
     found = detect(info, model, threshold, chip_size=chip_size, batch_size=batch_size,
-                   pixel_range=entry.pixel_range_m, progress=progress)
+                   progress=progress, **decode_options(entry))
     _to_wgs84(info, found)
     if port is not None:
         for d in found:

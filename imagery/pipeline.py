@@ -90,7 +90,7 @@ CREATE TABLE IF NOT EXISTS alerts (
 );
 CREATE INDEX IF NOT EXISTS alerts_port_time ON alerts(port, acquisition_time);
 CREATE TABLE IF NOT EXISTS episodes (
-    episode_id TEXT PRIMARY KEY,        -- <port>/<zone>/<first scene id>
+    episode_id TEXT PRIMARY KEY,        -- <port>/<zone>/<first alert id>
     port TEXT NOT NULL, zone TEXT NOT NULL,
     first_seen TEXT NOT NULL, last_seen TEXT NOT NULL,
     scenes INTEGER NOT NULL, lon REAL, lat REAL
@@ -440,7 +440,8 @@ def rebuild_episodes(ws: Workspace, port: Port) -> list[Episode]:
         conn.execute("DELETE FROM episodes WHERE port = ?", (port.name,))
         conn.execute("UPDATE alerts SET episode_id = NULL WHERE port = ?", (port.name,))
         for e in episodes:
-            eid = f"{e.port}/{e.zone}/{e.scene_ids[0]}"
+            first_scene, first_det = e.members[0]
+            eid = f"{e.port}/{e.zone}/{first_scene}#{first_det}"
             conn.execute("INSERT INTO episodes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                          (eid, e.port, e.zone, _iso(e.first_seen), _iso(e.last_seen),
                           len(e.scene_ids), e.lon, e.lat))

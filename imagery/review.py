@@ -33,6 +33,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagery import review_db, review_media
 from imagery.pipeline import open_workspace
@@ -41,6 +42,7 @@ from imagery.workspace import Workspace
 HERE = Path(__file__).resolve().parent
 CSRF_COOKIE, AUTH_COOKIE, ANALYST_COOKIE = "bw_csrf", "bw_session", "bw_analyst"
 ALERT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,199}#\d{1,9}$")
+MESSAGE = re.compile(r"^recorded: [a-z]{3,9}( [ad]\d{1,9})?$")
 PORT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 CSP = ("default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
@@ -49,7 +51,9 @@ SECURITY_HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    # same-origin, not no-referrer: with no-referrer browsers send `Origin: null` on POST,
+    # which the CSRF check must refuse.
+    "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
@@ -89,6 +93,9 @@ def serve(workspace: str | os.PathLike | None, host: str = "127.0.0.1", port: in
     app = create_app(workspace, token=token)
     shown = f"[{host}]" if ":" in host else host
     print(f"berthwatch review: http://{shown}:{port}/  (workspace {app.state.ws.root})")
+    if token:
+        print("  token required: open the address once with ?token=<token> (it becomes a "
+              "cookie), or send Authorization: Bearer <token>")
     uvicorn.run(app, host=host, port=port, log_level="warning", server_header=False)
 
 
@@ -186,8 +193,8 @@ def _install_security(app: FastAPI, token: str | None) -> None:
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
-    @app.exception_handler(HTTPException)
-    async def plain_error(request: Request, exc: HTTPException):
+    @app.exception_handler(StarletteHTTPException)
+    async def plain_error(request: Request, exc: StarletteHTTPException):
         # Plain text: an error message never becomes markup, whatever it quotes.
         return PlainTextResponse(f"{exc.status_code}: {exc.detail}", status_code=exc.status_code)
 
@@ -268,10 +275,15 @@ def _queue_filters(request: Request) -> dict:
 
 
 def _ports_with_alerts(ws: Workspace) -> list[dict]:
+    """Every port with reconciled scenes or alerts, with its alert count (a port where no
+    alert was raised still has a timeline worth seeing)."""
     conn = ws.connect()
     try:
-        rows = conn.execute("SELECT port, MAX(simulated) AS simulated, COUNT(*) AS n"
-                            " FROM alerts GROUP BY port ORDER BY port").fetchall()
+        rows = conn.execute(
+            "SELECT p.port, COALESCE(MAX(s.simulated), 0) AS simulated,"
+            " (SELECT COUNT(*) FROM alerts a WHERE a.port = p.port) AS n"
+            " FROM (SELECT port FROM zone_counts UNION SELECT port FROM alerts) p"
+            " LEFT JOIN scenes s ON s.port = p.port GROUP BY p.port ORDER BY p.port").fetchall()
     finally:
         conn.close()
     return [dict(r) for r in rows]
@@ -295,7 +307,14 @@ def _install_pages(app: FastAPI) -> None:
                        considered=_considered(view), placed=_placed(view),
                        vessels=view.vessels, neighbours=_neighbours(ws, alert),
                        history=review_db.history(ws, alert_id=alert_id),
-                       verdicts=review_db.VERDICTS, message=request.query_params.get("msg"))
+                       verdicts=review_db.VERDICTS, message=_message(request))
+
+
+def _message(request: Request) -> str | None:
+    """Only the app's own confirmations are shown: a crafted link cannot put words on the
+    page."""
+    text = request.query_params.get("msg", "")
+    return text if MESSAGE.match(text) else None
 
 
 def _scene_meta(ws: Workspace, alert: dict) -> dict:
@@ -500,19 +519,12 @@ CONFIRMED_COLUMNS = ("alert_id", "port", "zone", "acquisition_time", "lon", "lat
                      "verdict_at", "note", "model", "weights_sha256", "simulated")
 
 
-def csv_cell(value: object) -> object:
-    """Text a spreadsheet would run as a formula is quoted (CSV injection)."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
 def confirmed_as_csv(ws: Workspace) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(CONFIRMED_COLUMNS)
     for row in review_db.confirmed_calls(ws):
-        writer.writerow([csv_cell(row.get(c)) for c in CONFIRMED_COLUMNS])
+        writer.writerow([review_media.csv_cell(row.get(c)) for c in CONFIRMED_COLUMNS])
     return out.getvalue()
 
 

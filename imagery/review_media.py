@@ -259,13 +259,20 @@ AIS_CSV_COLUMNS = ("mmsi", "name", "imo", "length_m", "time", "lon", "lat", "sog
                    "heading_deg", "nav_status", "msg_type", "source_file")
 
 
+def csv_cell(value: object) -> object:
+    """Text a spreadsheet would run as a formula is quoted (CSV injection)."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def ais_csv(rows: list[ais.AisPosition], names: dict[int, ais.VesselInfo]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(AIS_CSV_COLUMNS)
     for r in rows:
         info = names.get(r.mmsi)
-        writer.writerow([r.mmsi, info.name if info else None, info.imo if info else None,
+        writer.writerow([r.mmsi, csv_cell(info.name) if info else None, info.imo if info else None,
                          info.length_m if info else None,
                          r.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), r.lon, r.lat,
                          r.sog_kn, r.cog_deg, r.heading_deg, r.nav_status, r.msg_type,

@@ -114,7 +114,9 @@ class VesselSpec:
 @dataclass(frozen=True)
 class TruthVessel:
     """A vessel as simulated. px_x/px_y are continuous pixel coordinates of the centre
-    (`~transform * (x, y)`; the pixel index is their floor)."""
+    (`~transform * (x, y)`; the pixel index is their floor). `hidden_by_cloud`: half or more
+    of the hull's pixels are cloud, cirrus or cloud shadow in the scene's SCL, the same rule
+    that makes a zone `unknown`; `zone` is `Port.zone_at` of the centre."""
 
     id: str
     lon: float
@@ -306,7 +308,9 @@ def _build_layout(port: Port, size) -> PortLayout:
     piers, faces = _piers_and_faces(quays, frame, rng)
     land_shape = land_line.union(piers) if not piers.is_empty else land_line
     classes, texture, turbid, water_dist = _rasterize_land(
-        frame, land_shape, piers, quays, rng, port.name)
+        frame, land_shape, piers, quays, rng)
+    for shared in (classes, texture, turbid, water_dist):
+        shared.flags.writeable = False  # cached and shared by every scene of the port
     return PortLayout(port.name, port.epsg, transform, width, height, classes, texture, turbid,
                       water_dist, land_shape, tuple(faces), (float(sea[0]), float(sea[1])))
 
@@ -355,8 +359,7 @@ class _Quay:
 
 
 def _quay(name: str, zone: BaseGeometry, frame: _Frame) -> _Quay:
-    uv = frame.uv(np.array(zone.exterior.coords if zone.geom_type == "Polygon"
-                           else zone.convex_hull.exterior.coords))
+    uv = frame.uv(np.array(zone.convex_hull.exterior.coords))
     (u0, v0), (u1, v1) = uv.min(axis=0), uv.max(axis=0)
     return _Quay(name, zone, u0, u1, v0 + QUAY_AT * (v1 - v0), v1)
 
@@ -369,7 +372,7 @@ def _coastline(frame: _Frame, quays: list[_Quay], anchorages: list,
     us = np.arange(umin - 500, umax + 500, 20.0)
     coast = _shore_profile(us, quays, vmin, vmax, rng)
     for _, geom in anchorages:
-        auv = frame.uv(np.array(geom.exterior.coords))
+        auv = frame.uv(np.array(geom.convex_hull.exterior.coords))
         near = (us > auv[:, 0].min() - 400) & (us < auv[:, 0].max() + 400)
         coast[near] = np.minimum(coast[near], auv[:, 1].min() - 300)
     far = vmin - 2000
@@ -441,26 +444,23 @@ def _pier_faces(q: _Quay, uc: float, pw: float, pl: float, frame: _Frame) -> lis
             _face(q.zone, frame, (uc + pw / 2, v0), (uc + pw / 2, v1), frame.along)]
 
 
-def _pixel_uv(frame: _Frame) -> tuple[np.ndarray, np.ndarray]:
+def _pixel_u(frame: _Frame) -> np.ndarray:
+    """The along-coast coordinate of every pixel centre."""
     t = frame.transform
     xs = (t.c + (np.arange(frame.width) + 0.5) * t.a - frame.origin[0]).astype(np.float32)
     ys = (t.f + (np.arange(frame.height) + 0.5) * t.e - frame.origin[1]).astype(np.float32)
     ax, ay = frame.along
-    sx, sy = frame.sea
-    u = xs[None, :] * np.float32(ax) + ys[:, None] * np.float32(ay)
-    v = xs[None, :] * np.float32(sx) + ys[:, None] * np.float32(sy)
-    return u, v
+    return xs[None, :] * np.float32(ax) + ys[:, None] * np.float32(ay)
 
 
 def _rasterize_land(frame: _Frame, land_shape: BaseGeometry, piers: BaseGeometry,
-                    quays: list[_Quay], rng: np.random.Generator, name: str):
+                    quays: list[_Quay], rng: np.random.Generator):
+    """Surface classes, static texture, harbour turbidity and distance to land per pixel."""
     shape = (frame.height, frame.width)
-    land = _burn(land_shape, frame, shape)
-    pier_px = _burn(piers, frame, shape) if not piers.is_empty else np.zeros(shape, bool)
+    land, pier_px = _burn(land_shape, frame, shape), _burn(piers, frame, shape)
     to_water = ndimage.distance_transform_edt(land).astype(np.float32) * PIXEL_M
     to_land = ndimage.distance_transform_edt(~land).astype(np.float32) * PIXEL_M
-    u, _ = _pixel_uv(frame)
-    port_gap = _port_gap(u, quays)
+    port_gap = _port_gap(_pixel_u(frame), quays)
     classes = np.full(shape, FOREST, dtype=np.uint8)
     # The town hugs the port and thins out inland and along the coast.
     town = np.exp(-port_gap / 1500.0 - to_water / 1500.0) + 0.3 * fractal_noise(shape, 2.6, rng)
@@ -771,13 +771,13 @@ class _Look:
 
 def _vessel_look(vessel_id: str, look_key: int) -> _Look:
     """Deterministic per vessel: the same ship looks the same in every scene. Decks are
-    mostly bright (0.13-0.32, a little redder in NIR as on real S2 ships), a third are dark
+    mostly bright (0.18-0.38, a little redder in NIR as on real S2 ships), a third are dark
     or rusty tanker decks, with a white superstructure aft."""
     rng = _rng(_key(vessel_id), look_key, 3)
     if rng.random() < 0.3:
         deck = rng.uniform(0.06, 0.11) * np.array([0.75, 0.8, 1.05, 1.2, 1.1])
     else:
-        deck = rng.uniform(0.13, 0.32) * np.array([0.85, 0.93, 1.0, 1.08, 0.9])
+        deck = rng.uniform(0.18, 0.38) * np.array([0.85, 0.93, 1.0, 1.08, 0.9])
     white = rng.uniform(0.33, 0.45) * np.array([1.0, 1.0, 1.0, 1.02, 0.85])
     start = rng.uniform(0.04, 0.12)
     hatch = rng.uniform(0.1, 0.25) if rng.random() < 0.5 else 0.0
@@ -920,11 +920,23 @@ def _scl(layout: PortLayout, cover: np.ndarray, cloud: np.ndarray,
 
 def _sensor(surface: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """PSF blur, noise and quantisation to L2A digital numbers (reflectance x 10000)."""
+    _blur(surface)
+    for b in range(surface.shape[0]):
+        surface[b] += rng.standard_normal(surface.shape[1:], dtype=np.float32) * NOISE_SIGMA[b]
+    return _quantize(surface)
+
+
+def _blur(surface: np.ndarray) -> None:
     for b, sigma in enumerate(PSF_SIGMA):
         ndimage.gaussian_filter(surface[b], sigma, output=surface[b], mode="nearest",
                                 truncate=3.0)
-        surface[b] += rng.standard_normal(surface.shape[1:], dtype=np.float32) * NOISE_SIGMA[b]
-    return np.clip(surface * SCALE + 0.5, 1, 65535).astype(np.uint16)
+
+
+def _quantize(surface: np.ndarray) -> np.ndarray:
+    surface *= SCALE  # in place: a strip of a full tile is 100+ MB per copy
+    surface += 0.5
+    np.clip(surface, 1, 65535, out=surface)
+    return surface.astype(np.uint16)
 
 
 # --------------------------------------------------------------------------------------------
@@ -982,8 +994,10 @@ def _place_fleet(port: Port, layout: PortLayout, vessels, scene_key: int,
     for spec in specs:
         found = placer.place(spec, _rng(key, _key(port.name), _key(spec.id)), key)
         if found is None:
-            log.warning("simulated vessel %s (%.0f m) found no room in %s", spec.id,
-                        spec.length_m, spec.zone or port.name)
+            # A random fleet may simply not fit a small grid; a caller's vessel should.
+            report = log.debug if vessels is None else log.warning
+            report("simulated vessel %s (%.0f m) found no room in %s", spec.id, spec.length_m,
+                   spec.zone or port.name)
             unplaced.append(spec.id)
         else:
             placed.append(found)
@@ -1118,10 +1132,17 @@ def _atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a sidecar is for everyone
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def simulate_scene_file(
@@ -1139,12 +1160,12 @@ def simulate_scene_file(
     data, bands, crs, transform, truth = simulate_scene(
         port, when, seed=seed, cloud_fraction=cloud_fraction, vessels=vessels, size=size)
     out_path = Path(out_path)
-    sidecar = write_truth(truth, truth_path_for(out_path))
+    write_truth(truth, truth_path_for(out_path))
     write_scene(
         out_path, data, bands, crs, transform, scene_id=truth.scene_id, port=port.name,
         source="simulated", acquisition_time=truth.acquisition_time,
         extra_tags={"SIMULATED": "true", "SIM_SEED": str(seed),
-                    "SIM_CLOUD_FRACTION": f"{cloud_fraction:g}", "SIM_TRUTH": sidecar.name,
+                    "SIM_CLOUD_FRACTION": f"{cloud_fraction:g}",
                     "SIM_NOTE": "SIMULATED scene: synthetic, not a Sentinel-2 observation"},
     )
     return truth
@@ -1319,6 +1340,17 @@ def _large_fleet(coast: np.ndarray, width: int, height: int,
     return np.column_stack([xs, ys, rng.uniform(0, 360, count), lengths, widths])[water]
 
 
+def _row_noise(seed: int, stream: int, row0: int, shape: tuple[int, ...]) -> np.ndarray:
+    """Noise drawn row by row from the row's own seed: the same pixels get the same noise
+    whichever strip (or halo) they are drawn in, so strips join without a seam."""
+    rows, rest = shape[-2], shape[:-2]
+    out = np.empty(shape, dtype=np.float32)
+    for i in range(rows):
+        out[..., i, :] = _rng(seed, stream, row0 + i).standard_normal(
+            (*rest, shape[-1]), dtype=np.float32)
+    return out
+
+
 def _large_strip(coast: np.ndarray, cover: np.ndarray, hulls: np.ndarray, row0: int, rows: int,
                  width: int, seed: int) -> np.ndarray:
     """Rows row0..row0+rows of the big scene as uint16 (5, rows, width). A halo of rows
@@ -1326,13 +1358,12 @@ def _large_strip(coast: np.ndarray, cover: np.ndarray, hulls: np.ndarray, row0: 
     halo = 4
     top = max(0, row0 - halo)
     shape = (rows + (row0 - top) + halo, width)
-    rng = _rng(seed, 12, row0)
     land = _upsample(coast, LARGE_CELL, shape, top) > 0
     kind = _upsample(cover, LARGE_CELL, shape, top)
     classes = np.where(land, np.where(kind > 0.8, URBAN, np.where(kind < -1.0, BARE, FOREST)),
                        WATER).astype(np.uint8)
     del land, kind
-    texture = rng.standard_normal(shape, dtype=np.float32) * CLASS_TEXTURE[classes]
+    texture = _row_noise(seed, 12, top, shape) * CLASS_TEXTURE[classes]
     image = np.empty((5, *shape), dtype=np.float32)
     for b in range(5):
         image[b] = CLASS_SPECTRA[:, b][classes] * (1 + texture)
@@ -1341,5 +1372,7 @@ def _large_strip(coast: np.ndarray, cover: np.ndarray, hulls: np.ndarray, row0: 
     for x, y, heading, length, beam in near:
         look = _vessel_look(f"large-{x:.0f}-{y:.0f}", seed)
         render_vessel(image, None, x, y - top, heading, length, beam, look, supersample=3)
-    out = _sensor(image, rng)
-    return out[:, row0 - top: row0 - top + rows]
+    _blur(image)
+    for b in range(5):
+        image[b] += _row_noise(seed, 13 + b, top, shape) * NOISE_SIGMA[b]
+    return _quantize(image)[:, row0 - top: row0 - top + rows]

@@ -182,7 +182,8 @@ class CropConfig:
     p_drop_blue: float = 0.15  # band dropout, so scenes missing bands still serve
     p_nir_swir_only: float = 0.1
     gain: float = 0.25  # log-uniform brightness gain range (+-)
-    haze: float = 0.06  # max added haze reflectance (blue), scaled down towards SWIR
+    p_haze: float = 0.5
+    haze: float = 0.12  # max added haze/glint reflectance
     noise: float = 0.004
 
 
@@ -224,10 +225,15 @@ def _sample_grid(scene: LabelledScene, centre: np.ndarray, lin: np.ndarray, size
 
 
 def _photometric(rng: np.random.Generator, img: torch.Tensor, cfg: CropConfig) -> torch.Tensor:
+    """Gain, then haze or sun glint: contrast lost (x t) and path radiance added, with a
+    spectrum between Rayleigh-like (blue-heavy) and flat (glint), then sensor noise."""
     gain = math.exp(rng.uniform(-cfg.gain, cfg.gain)) * rng.uniform(0.92, 1.08, 5)
-    haze = rng.uniform(0, cfg.haze) * HAZE_SPECTRUM if rng.random() < 0.5 else np.zeros(5)
     img = img * torch.from_numpy(gain).float()[:, None, None]
-    img = img + torch.from_numpy(haze).float()[:, None, None]
+    if rng.random() < cfg.p_haze:
+        mix = rng.uniform()
+        spectrum = mix * HAZE_SPECTRUM + (1 - mix) * np.ones(5, dtype=np.float32)
+        offset = rng.uniform(0, cfg.haze) * spectrum
+        img = img * rng.uniform(0.7, 1.0) + torch.from_numpy(offset).float()[:, None, None]
     noise = rng.standard_normal(img.shape, dtype=np.float32) * cfg.noise
     return img + torch.from_numpy(noise)
 

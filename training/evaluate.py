@@ -28,6 +28,7 @@ from imagery.detector import (
     Detection,
     WeightsEntry,
     _to_wgs84,
+    decode_options,
     detect,
     get_weights,
     load_model,
@@ -102,7 +103,7 @@ def _ship_outlines(folder: Path) -> list:
 
 def predict_folder(folder: Path, model: BerthNet, entry: WeightsEntry, threshold: float):
     info = open_scene(folder / "scene.tif", require_bands=None)
-    found = detect(info, model, threshold, pixel_range=entry.pixel_range_m)
+    found = detect(info, model, threshold, **decode_options(entry))
     _to_wgs84(info, found)
     return found
 

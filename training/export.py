@@ -72,3 +72,159 @@ def update_card(card: str | os.PathLike, entry: WeightsEntry) -> None:
     text = re.sub(r"(?m)^(- size: ).*$", rf"\g<1>{entry.size} bytes ({entry.params} parameters)",
                   text)
     path.write_text(text, encoding="utf-8")
+
+
+def calibrate(
+    data_dirs: list[str | os.PathLike],
+    weights: str | os.PathLike,
+    card: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> dict:
+    """Choose the operating threshold that maximises pooled leave-ports-out F1 (each port
+    scored by the fold model that never saw it), store it with the metrics in the weights'
+    metadata and its folds', and write the model card. Returns the evaluation result."""
+    from imagery.detector import get_weights
+    from training.evaluate import SWEEP, fold_models, predict_all, score_predictions
+
+    preds, entry, skipped = predict_all(data_dirs, weights, leave_ports_out=True,
+                                        progress=progress)
+    sweep = {t: score_predictions(preds, t)["pooled"]["f1"] for t in SWEEP}
+    best = max(sweep.values())
+    # Among thresholds within 0.005 of the best F1, the median one: a plateau's middle is
+    # steadier on new ports than its edge.
+    near = sorted(t for t, f in sweep.items() if f >= best - 0.005)
+    threshold = near[len(near) // 2]
+    result = score_predictions(preds, threshold)
+    metrics = {
+        "leave_ports_out": {"threshold": threshold, "pooled": result["pooled"],
+                            "ports": result["ports"], "sweep_f1": {str(t): f for t, f in
+                                                                   sweep.items()}},
+        "skipped_ports": skipped,
+    }
+    update_metadata(entry.path.with_suffix(".json"), threshold=threshold, metrics=metrics)
+    for fold in fold_models(entry):
+        update_metadata(fold.path.with_suffix(".json"), threshold=threshold)
+    entry = get_weights(entry.path)
+    if card:
+        write_model_card(entry, Path(card))
+    return {**result, "threshold": threshold, "sweep": sweep}
+
+
+def write_model_card(entry: WeightsEntry, path: Path, speed: dict | None = None) -> None:
+    """MODEL_CARD.md from the weights' metadata (and benchmark figures when given)."""
+    from imagery.detector import BerthNet
+
+    lpo = entry.metrics.get("leave_ports_out", {})
+    recipe = dict(entry.recipe)
+    crop = recipe.pop("crop", {})
+    rows = [f"| {port} | {r['labelled']} | {r['predicted']} | {r['tp']} | {r['fp']} | {r['fn']} "
+            f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['count_error']:+d} |"
+            for port, r in sorted(lpo.get("ports", {}).items())]
+    pooled = lpo.get("pooled")
+    if pooled:
+        rows.append(f"| **pooled** | {pooled['labelled']} | {pooled['predicted']} | "
+                    f"{pooled['tp']} | {pooled['fp']} | {pooled['fn']} | "
+                    f"{pooled['precision']:.3f} | {pooled['recall']:.3f} | "
+                    f"**{pooled['f1']:.3f}** | {pooled['count_error']:+d} |")
+    sweep = lpo.get("sweep_f1", {})
+    sweep_line = ", ".join(f"{t}: {f:.3f}" for t, f in sweep.items())
+    n_params = sum(p.numel() for p in BerthNet(tuple(entry.widths)).parameters())
+    text = CARD_TEMPLATE.format(
+        name=entry.name, widths=tuple(entry.widths), params=n_params,
+        bands=" ".join(entry.bands), input_scale=entry.input_scale,
+        pr=entry.pixel_range_m, threshold=entry.threshold, kernel=entry.nms_kernel,
+        box=entry.box_fraction, sha=entry.sha256, size=entry.size,
+        train_ports=", ".join(recipe.get("train_ports", [])),
+        vessels=recipe.get("train_vessels", "?"),
+        seconds=recipe.get("train_seconds", "?"), device=recipe.get("device", "?"),
+        threads=recipe.get("threads", "?"),
+        recipe=json.dumps({k: v for k, v in recipe.items()
+                           if k not in ("train_ports", "train_vessels")}, indent=1),
+        crop=json.dumps(crop, indent=1),
+        table="\n".join(rows) or "| (not measured) |",
+        sweep=sweep_line or "(not measured)",
+        speed=_speed_text(speed),
+    )
+    path.write_text(text, encoding="utf-8")
+
+
+def _speed_text(speed: dict | None) -> str:
+    if not speed:
+        return "See `benchmarks/detect_bench.py`; figures in the issue's closing note."
+    return "\n".join(f"- {k}: {v}" for k, v in speed.items())
+
+
+CARD_TEMPLATE = """# Model card: {name}
+
+Vessel detector of berthwatch (`imagery/detector.py`, class `BerthNet`).
+
+## Architecture
+A small CenterNet-style fully convolutional network, {params} parameters, widths {widths}
+at full, 1/2, 1/4 and 1/8 resolution: two 3x3 convolutions at full resolution, strided
+stages down to 1/8 with two dilated residual blocks there (receptive field of a few hundred
+pixels, to tell quays from hulls), an FPN-style decoder back to full resolution and a 1x1
+head with six outputs per pixel:
+- centre heatmap (sigmoid; penalty-reduced focal loss on an anisotropic Gaussian around each
+  vessel's centroid, elongated along the hull),
+- vessel mask (auxiliary; BCE),
+- log length, log width, sin 2a, cos 2a of the hull axis (regressed at the centre).
+Decoding: local maxima of the heatmap ({kernel}x{kernel} max-pool) above the threshold, then
+greedy suppression of peaks within 1.5 px of a stronger one (chip seams) or inside a
+stronger vessel's estimated hull shrunk to {box} (a second peak on one long hull).
+
+## Input
+- Bands: {bands} (in this order), as reflectance: {input_scale}.
+- Normalisation is inside the model, the same for every scene: log(reflectance + 0.01),
+  local contrast (reflectance minus its ~40 px mean, / 0.05), NDWI from B03/B08, and one
+  presence flag per band (missing bands are zero-filled; trained with band dropout).
+- Ground pixel size {pr[0]}-{pr[1]} m: scenes outside that range (EPSG:3857 at high latitude)
+  are resampled chip by chip to the nearest bound; true ground metres come from
+  `SceneInfo.pixel_size_m` (an EPSG:3857 pixel of 10 map units is 10 cos(lat) m).
+
+## Training data
+sen2ships (MIT; Copernicus Sentinel-2 L2A): ports {train_ports}; {vessels} labelled vessels
+(polygon outlines). The two partial ports (missing bands) train through band dropout.
+
+## Recipe
+Trained in {seconds} s on {device} ({threads} threads). Crops sampled from the scenes with one
+affine resampling: pixel size jitter within the range above, any rotation, flips; gain, haze
+and glint jitter, noise, band dropout; crops centred near vessels with probability p_ship.
+AdamW, linear warm-up then cosine decay, seeded (numpy Generator + torch seed).
+
+```json
+{recipe}
+```
+Crop/augmentation settings:
+```json
+{crop}
+```
+
+## Leave-ports-out metrics
+Four folds of ports (`training.train.FOLDS`); each port is scored by the fold model trained
+without it (those models are in `weights/folds/`, same recipe). Match rule of
+`../shared/data/README.md`: a point within 20 m of a vessel outline, one-to-one Hungarian.
+Reproduce: `berthwatch evaluate --data ../shared/data/sen2ships --leave-ports-out`.
+
+| port | vessels | predicted | tp | fp | fn | precision | recall | F1 | count error |
+|---|---|---|---|---|---|---|---|---|---|
+{table}
+
+Operating threshold **{threshold}**: the middle of the thresholds within 0.005 of the best
+pooled leave-ports-out F1 (chosen on these same out-of-fold predictions, so the pooled F1
+is slightly optimistic). Pooled F1 by threshold: {sweep}.
+
+## Files
+- file: `{name}.pt` (a plain state dict; loaded with `torch.load(weights_only=True)` after the
+  sha256 check)
+- sha256: `{sha}`
+- size: {size} bytes ({params} parameters)
+
+## Speed
+{speed}
+
+## Limits
+One scene per port in the training data; some small boats are unlabelled in sen2ships, so
+part of the false positives are real boats. Rafted vessels touching along their whole length
+may merge into one detection. Length/width/heading are estimates from the regression head
+(heading is the hull axis, 0-180 degrees; bow and stern are not told apart).
+"""

@@ -106,6 +106,7 @@ def fit(
     device: str | None = None,
     progress: bool = True,
     desc: str = "train",
+    log_every: int = 0,
 ) -> BerthNet:
     """Train a fresh model on `scenes` with `recipe`; returns it in eval mode on the CPU."""
     torch.manual_seed(recipe.seed)
@@ -130,6 +131,9 @@ def fit(
             running[k] = 0.98 * running.get(k, v.item()) + 0.02 * v.item()
         if step % 20 == 0:
             bar.set_postfix({k: f"{v:.3f}" for k, v in running.items()})
+        if log_every and (step + 1) % log_every == 0:
+            print(f"{desc} step {step + 1}: " + " ".join(f"{k} {v:.3f}" for k, v in
+                                                      running.items()), flush=True)
     return model.cpu().eval()
 
 

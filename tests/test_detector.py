@@ -1,0 +1,256 @@
+"""Detector tests: tiny model on synthetic scenes, weights checksum, seams, GeoJSON, bad inputs.
+
+Everything runs on the CPU in seconds: the model trained here is tiny and the scenes small.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from affine import Affine
+from pyproj import Transformer
+from shapely.geometry import Polygon, mapping
+
+from imagery import detector
+from imagery.detector import BerthNet, DetectorError, detect, detect_scene, load_model
+from imagery.scene import SceneError, open_scene, write_scene
+from imagery.tiling import chip_windows
+from training.chips import CropConfig, load_labelled_scene
+from training.export import save_weights
+from training.train import Recipe, train
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CRS = "EPSG:32633"
+ORIGIN = (500000.0, 4500000.0)
+
+
+def vessel_polygon(x: float, y: float, length: float, width: float, angle: float) -> Polygon:
+    """A rectangle in pixel coordinates centred on (x, y)."""
+    ca, sa = math.cos(angle), math.sin(angle)
+    pts = []
+    for u, v in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
+        du, dv = u * length / 2, v * width / 2
+        pts.append((x + du * ca - dv * sa, y + du * sa + dv * ca))
+    return Polygon(pts)
+
+
+def make_labelled(folder: Path, seed: int, size: int = 128, n: int = 6, land: bool = True,
+                  vessels: list | None = None, bands=("B02", "B03", "B04", "B08", "B11"),
+                  scale: str | None = None) -> Path:
+    """A synthetic 10 m UTM scene: dark water, optional land strip, bright vessel rectangles,
+    written with write_scene, and labels.geojson with the vessels' WGS84 outlines."""
+    rng = np.random.default_rng(seed)
+    water = np.array([0.05, 0.045, 0.03, 0.02, 0.01])
+    ground = np.array([0.08, 0.10, 0.12, 0.30, 0.25])
+    img = np.broadcast_to(water[:, None, None], (5, size, size)).copy()
+    if land:
+        img[:, :, : size // 6] = ground[:, None, None]
+    if vessels is None:
+        vessels = []
+        while len(vessels) < n:
+            v = (rng.uniform(size // 6 + 12, size - 12), rng.uniform(12, size - 12),
+                 rng.uniform(8, 16), rng.uniform(3, 4.5), rng.uniform(0, math.pi))
+            if all(math.hypot(v[0] - w[0], v[1] - w[1]) > 18 for w in vessels):
+                vessels.append(v)
+    transform = Affine(10, 0, ORIGIN[0], 0, -10, ORIGIN[1])
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    polys = [vessel_polygon(*v) for v in vessels]
+    for v in vessels:
+        x, y, length, width, angle = v
+        u = (xx - x) * math.cos(angle) + (yy - y) * math.sin(angle)
+        w = -(xx - x) * math.sin(angle) + (yy - y) * math.cos(angle)
+        inside = (np.abs(u) <= length / 2) & (np.abs(w) <= width / 2)
+        img[:, inside] = [0.20, 0.22, 0.24, 0.30, 0.20]
+    img += rng.normal(0, 0.003, img.shape)
+    keep = [i for i, b in enumerate(("B02", "B03", "B04", "B08", "B11")) if b in bands]
+    data = np.clip(img[keep] * 10000, 0, 65535).astype(np.uint16)
+    write_scene(folder / "scene.tif", data, tuple(bands), CRS, transform, scene_id=folder.name,
+                port=None, source="test", acquisition_time=datetime(2024, 5, 1, 10, tzinfo=UTC),
+                extra_tags={"REFLECTANCE_SCALE": scale} if scale else None)
+    to_ll = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+    feats = []
+    for p in polys:
+        ring = [to_ll.transform(*(transform * xy)) for xy in p.exterior.coords]
+        feats.append({"type": "Feature", "geometry": mapping(Polygon(ring)),
+                      "properties": {"category": "ship"}})
+    (folder / "labels.geojson").write_text(json.dumps({"type": "FeatureCollection",
+                                                       "features": feats}))
+    return folder
+
+
+TINY = Recipe(steps=160, batch=8, lr=8e-3, warmup=10, widths=(8, 8, 16, 16),
+              crop=CropConfig(size=64, p_ship=0.7))
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    for k in range(3):
+        make_labelled(root / "data" / f"synth{k}", seed=k)
+    entry = train([root / "data"], root / "weights" / "tiny", TINY, progress=False)
+    return entry.path
+
+
+def test_tiny_model_trains_and_detects(tiny_weights, tmp_path):
+    from training.evaluate import score_geojson
+
+    folder = make_labelled(tmp_path / "unseen", seed=42)
+    out = detect_scene(folder / "scene.tif", tmp_path / "d.geojson", weights=tiny_weights,
+                       threshold=0.3, chip_size=64, progress=False)
+    labels = json.loads((folder / "labels.geojson").read_text())
+    score = score_geojson(labels, out)
+    assert score["recall"] >= 0.8 and score["precision"] >= 0.8, score
+
+
+def test_weights_checksum_and_tampering(tiny_weights, tmp_path):
+    model, entry = load_model(tiny_weights)
+    assert isinstance(model, BerthNet) and len(entry.sha256) == 64
+    bad = tmp_path / "tiny.pt"
+    bad.write_bytes(tiny_weights.read_bytes()[:-1] + b"\0")
+    (tmp_path / "tiny.json").write_text(tiny_weights.with_suffix(".json").read_text())
+    with pytest.raises(DetectorError, match="sha256 mismatch"):
+        load_model(bad)
+
+
+def test_unknown_weights_and_missing_metadata(tmp_path):
+    with pytest.raises(DetectorError, match="unknown weights"):
+        load_model("no-such-model")
+    lone = tmp_path / "lone.pt"
+    torch.save(BerthNet((8, 8, 16, 16)).state_dict(), lone)
+    with pytest.raises(DetectorError, match="no metadata"):
+        load_model(lone)
+
+
+class BrightnessModel(torch.nn.Module):
+    """A stand-in model: centre heat = smoothed NIR, so peaks sit on bright blobs."""
+
+    def forward(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        nir = x[:, 3:4]
+        k = torch.ones(1, 1, 5, 5) / 25
+        heat = torch.nn.functional.conv2d(nir, k, padding=2)
+        logits = (heat - 0.12) * 200
+        zeros = torch.zeros_like(logits)
+        return torch.cat([logits, logits, zeros + 2.0, zeros + 1.0, zeros, zeros + 1.0], 1)
+
+    def parameters(self):
+        yield torch.zeros(1)
+
+
+def test_no_duplicates_across_seams(tmp_path):
+    size, chip, overlap = 160, 64, 16
+    windows = chip_windows(size, size, chip, overlap)
+    seam = windows[0][1].col_off + windows[0][1].width  # where chip 0's core ends
+    vessels = [(float(seam), 40.0, 12, 4, 0.0), (float(seam) + 0.4, 100.0, 4, 12, 0.0)]
+    folder = make_labelled(tmp_path / "seam", seed=1, size=size, land=False, vessels=vessels)
+    info = open_scene(folder / "scene.tif")
+    found = detect(info, BrightnessModel(), 0.5, chip_size=chip, overlap=overlap)
+    assert len(found) == 2, [(d.px_x, d.px_y) for d in found]
+    for v in vessels:
+        assert min(math.hypot(d.px_x - v[0], d.px_y - v[1]) for d in found) < 2.5
+
+
+def test_detect_shared_scene_geojson(tiny_weights, tmp_path):
+    scene = SHARED / "sen2ships" / "honolulu" / "scene.tif"
+    if not scene.exists():
+        pytest.skip(f"shared data absent: {scene} (a fresh clone has no ../shared)")
+    from imagery.ports import BerthZone, Port
+
+    info = open_scene(scene)
+    left, bottom, right, top = info.bounds
+    to_ll = Transformer.from_crs(info.crs, "EPSG:4326", always_xy=True)
+    (x0, y0), (x1, y1) = to_ll.transform(left, bottom), to_ll.transform(right, top)
+    half = Polygon([(x0, y0), ((x0 + x1) / 2, y0), ((x0 + x1) / 2, y1), (x0, y1)])
+    aoi = Polygon([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
+    port = Port("testport", "Test", 32604, aoi, (BerthZone("west", half),), tmp_path)
+    out, csv_out = tmp_path / "det.geojson", tmp_path / "det.csv"
+    detect_scene(scene, out, port=port, csv_path=csv_out, weights=tiny_weights,
+                 threshold=0.05, progress=False)
+    doc = json.loads(out.read_text())
+    assert doc["type"] == "FeatureCollection"
+    top_props = doc["properties"]
+    for key in ("scene_id", "acquisition_time", "port", "model", "weights_sha256", "threshold",
+                "zones", "simulated"):
+        assert key in top_props
+    assert top_props["zones"]["west"]["visible_fraction"] == pytest.approx(1.0, abs=0.02)
+    assert doc["features"], "expected candidates at threshold 0.05"
+    west = 0
+    for f in doc["features"]:
+        assert f["geometry"]["type"] == "Point"
+        lon, lat = f["geometry"]["coordinates"]
+        assert x0 <= lon <= x1 and y0 <= lat <= y1
+        p = f["properties"]
+        assert set(p) == {"score", "length_m", "width_m", "heading_deg", "berthed", "zone",
+                          "px_x", "px_y"}
+        assert 0 <= p["score"] <= 1 and p["length_m"] > 0 and 0 <= p["heading_deg"] < 180
+        assert isinstance(p["berthed"], bool) and p["zone"] in (None, "west")
+        assert 0 <= p["px_x"] <= info.width and 0 <= p["px_y"] <= info.height
+        west += p["zone"] == "west"
+    assert top_props["zones"]["west"]["count"] == west
+    assert len(csv_out.read_text().splitlines()) == len(doc["features"]) + 1
+
+
+def test_ground_metres_use_true_pixel_size(tmp_path):
+    """A 3857 scene at 60 degrees: 10 map units are 5 m on the ground."""
+    info = open_scene(make_labelled(tmp_path / "a", seed=3, size=64) / "scene.tif")
+    assert info.pixel_size_m == pytest.approx(10.0)
+    lat = math.radians(60.0)
+    y = 6378137.0 * math.log(math.tan(math.pi / 4 + lat / 2))
+    data = np.full((5, 64, 64), 300, np.uint16)
+    path = write_scene(tmp_path / "m.tif", data, ("B02", "B03", "B04", "B08", "B11"),
+                       "EPSG:3857", Affine(10, 0, 0, 0, -10, y + 320), scene_id="m",
+                       port=None, source="test", acquisition_time=None)
+    merc = open_scene(path)
+    assert merc.pixel_size_m == pytest.approx(5.0, rel=0.01)
+    assert detector.model_pixel_size(merc.pixel_size_m) == 8.0
+
+
+def test_bad_inputs_get_clear_errors(tiny_weights, tmp_path):
+    with pytest.raises(SceneError, match="no such file"):
+        detect_scene(tmp_path / "missing.tif", weights=tiny_weights, progress=False)
+    partial = make_labelled(tmp_path / "partial", seed=5, size=64, bands=("B08", "B11"))
+    with pytest.raises(SceneError, match="missing bands B02 B03 B04"):
+        detect_scene(partial / "scene.tif", weights=tiny_weights, progress=False)
+    odd = make_labelled(tmp_path / "odd", seed=6, size=64, scale="lots")
+    with pytest.raises(SceneError, match="REFLECTANCE_SCALE"):
+        detect_scene(odd / "scene.tif", weights=tiny_weights, progress=False)
+    good = make_labelled(tmp_path / "good", seed=7, size=64)
+    with pytest.raises(DetectorError, match="threshold"):
+        detect_scene(good / "scene.tif", weights=tiny_weights, threshold=1.5, progress=False)
+
+
+def test_berthed_flag_uses_land_distance(tmp_path):
+    vessels = [(26.0, 30.0, 12, 4, math.pi / 2), (100.0, 90.0, 12, 4, 0.0)]
+    folder = make_labelled(tmp_path / "b", seed=8, size=128, vessels=vessels)
+    info = open_scene(folder / "scene.tif")
+    found = sorted(detect(info, BrightnessModel(), 0.5, chip_size=128), key=lambda d: d.px_x)
+    assert [d.berthed for d in found] == [True, False]
+
+
+def test_loader_reads_negative_and_point_labels(tmp_path):
+    folder = make_labelled(tmp_path / "chip", seed=9, size=64, n=2)
+    doc = json.loads((folder / "labels.geojson").read_text())
+    to_ll = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+    lon, lat = to_ll.transform(ORIGIN[0] + 205, ORIGIN[1] - 205)
+    doc["features"].append({"type": "Feature", "geometry": {"type": "Point",
+                            "coordinates": [lon, lat]}, "properties": {"negative": True}})
+    doc["features"].append({"type": "Feature", "geometry": {"type": "Point",
+                            "coordinates": [lon, lat]}, "properties": {"label": "vessel"}})
+    (folder / "labels.geojson").write_text(json.dumps(doc))
+    scene = load_labelled_scene(folder)
+    assert len(scene.ships) == 3 and scene.negatives.shape == (1, 2)
+    assert scene.negatives[0] == pytest.approx([20.5, 20.5], abs=0.01)
+
+
+def test_save_weights_roundtrip(tmp_path):
+    model = BerthNet((8, 8, 16, 16))
+    entry = save_weights(model, tmp_path / "w", {"threshold": 0.4})
+    loaded, again = load_model(tmp_path / "w.pt")
+    assert again.sha256 == entry.sha256 and again.threshold == 0.4
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                 loaded.state_dict().values(), strict=True))
