@@ -1,0 +1,104 @@
+"""Training-side tests: the scorer agrees with the shared reference, crops keep labels exact,
+training is reproducible."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from shapely.geometry import shape
+
+try:  # tests/ is on sys.path under pytest's default (prepend) import mode
+    from test_detector import make_labelled
+except ImportError:  # tests/ as a package
+    from tests.test_detector import make_labelled
+from training.chips import CropConfig, load_labelled_scene, sample_batch
+from training.evaluate import format_table, match_counts, score_geojson, summarize
+from training.train import FOLDS, Recipe, fit
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SCORER = SHARED / "tools" / "score_detections.py"
+
+
+def _points_near(labels: dict, rng: np.random.Generator) -> dict:
+    """Detections around the labels: some inside, some just outside 20 m, some far off."""
+    feats = []
+    for f in labels["features"]:
+        c = shape(f["geometry"]).centroid
+        for _ in range(rng.integers(0, 3)):
+            d = rng.normal(0, 0.0003, 2)  # ~30 m spread: near the 20 m boundary
+            feats.append({"type": "Feature", "properties": {},
+                          "geometry": {"type": "Point", "coordinates": [c.x + d[0], c.y + d[1]]}})
+    return {"type": "FeatureCollection", "features": feats}
+
+
+@pytest.mark.parametrize("port", ["athens", "honolulu"])
+def test_scorer_agrees_with_reference(port, tmp_path):
+    labels_path = SHARED / "data" / "sen2ships" / port / "labels.geojson"
+    if not (labels_path.exists() and SCORER.exists()):
+        pytest.skip(f"shared data or scorer absent ({labels_path}, {SCORER})")
+    labels = json.loads(labels_path.read_text())
+    dets = _points_near(labels, np.random.default_rng(0))
+    det_path = tmp_path / "d.geojson"
+    det_path.write_text(json.dumps(dets))
+    ref = json.loads(subprocess.run([sys.executable, str(SCORER), str(labels_path),
+                                     str(det_path)], capture_output=True, text=True,
+                                    check=True).stdout)
+    ours = score_geojson(labels, dets)
+    for key in ("tp", "fp", "fn", "precision", "recall", "f1"):
+        assert ours[key] == ref[key], (key, ours, ref)
+    assert 0 < ours["tp"] < len(dets["features"])  # the case is not trivial
+
+
+def test_match_rule_edges():
+    from shapely.geometry import box
+
+    ship = box(10.0, 50.0, 10.001, 50.0005)  # ~70 x 55 m
+    inside = [10.0005, 50.0002]
+    far = [10.01, 50.01]
+    assert match_counts([ship], np.array([inside, inside, far])) == {"tp": 1, "fp": 2, "fn": 0}
+    assert match_counts([], np.array([far])) == {"tp": 0, "fp": 1, "fn": 0}
+    assert match_counts([ship], np.zeros((0, 2))) == {"tp": 0, "fp": 0, "fn": 1}
+    s = summarize({"tp": 3, "fp": 1, "fn": 1})
+    assert s["f1"] == 0.75 and s["count_error"] == 0
+
+
+def test_table_formats():
+    row = summarize({"tp": 3, "fp": 1, "fn": 2})
+    text = format_table({"ports": {"x": row}, "pooled": row, "weights": "w",
+                         "threshold": 0.5, "tolerance_m": 20.0, "leave_ports_out": True})
+    assert "POOLED" in text and "leave-ports-out" in text
+
+
+def test_folds_partition_the_shared_ports():
+    ports = [p for fold in FOLDS for p in fold]
+    assert len(ports) == len(set(ports)) == 11
+
+
+def test_crops_keep_labels_on_vessels(tmp_path):
+    """Every heat peak of an augmented crop lands on the vessel mask of that crop."""
+    scene = load_labelled_scene(make_labelled(tmp_path / "s", seed=4))
+    batch = sample_batch(np.random.default_rng(0), [scene], 16, CropConfig(size=64, p_ship=1.0))
+    peaks = batch["heat"] == 1.0
+    assert peaks.sum() >= 16
+    near_mask = torch.nn.functional.max_pool2d(batch["mask"], 3, 1, 1)
+    assert bool(near_mask[peaks].all())
+    assert batch["reg_w"].sum() > 0
+    lengths = batch["reg"][:, 0][batch["reg_w"][:, 0] > 0].exp()
+    assert float(lengths.min()) > 4 and float(lengths.max()) < 30  # 8-16 px hulls, 8-10 m jitter
+
+
+def test_training_is_reproducible(tmp_path):
+    scene = load_labelled_scene(make_labelled(tmp_path / "s", seed=2, size=64))
+    recipe = Recipe(steps=3, batch=2, widths=(4, 4, 8, 8), crop=CropConfig(size=32))
+    torch.set_num_threads(1)
+    a, b = (fit([scene], recipe, progress=False) for _ in range(2))
+    for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y)
+    assert not math.isnan(float(next(a.parameters()).sum()))
