@@ -141,8 +141,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     port = _port(args)
     truth = simulate_scene_file(port, args.date, Path(args.out), seed=args.seed,
                                 cloud_fraction=args.cloud)
-    print(f"SIMULATED scene of {port.name} at {args.date:%Y-%m-%dT%H:%M:%SZ} written to "
-          f"{args.out} with {len(truth.vessels)} simulated vessels (truth: {truth.truth_path})")
+    when = truth.acquisition_time.strftime("%Y-%m-%dT%H:%M:%SZ")
+    print(f"SIMULATED scene of {port.name} at {when} written to {args.out}"
+          f" with {len(truth.vessels)} simulated vessels (truth: {truth.truth_path})")
     return 0
 
 

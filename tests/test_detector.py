@@ -66,7 +66,7 @@ def make_labelled(folder: Path, seed: int, size: int = 128, n: int = 6, land: bo
         u = (xx - x) * math.cos(angle) + (yy - y) * math.sin(angle)
         w = -(xx - x) * math.sin(angle) + (yy - y) * math.cos(angle)
         inside = (np.abs(u) <= length / 2) & (np.abs(w) <= width / 2)
-        img[:, inside] = [0.20, 0.22, 0.24, 0.30, 0.20]
+        img[:, inside] = np.array([0.20, 0.22, 0.24, 0.30, 0.20])[:, None]
     img += rng.normal(0, 0.003, img.shape)
     keep = [i for i, b in enumerate(("B02", "B03", "B04", "B08", "B11")) if b in bands]
     data = np.clip(img[keep] * 10000, 0, 65535).astype(np.uint16)
