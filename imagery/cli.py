@@ -296,7 +296,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     started = time.monotonic()
     workspace = args.workspace or "berthwatch-demo"
     print("berthwatch demo: SIMULATED scenes and SIMULATED AIS of Chongjin and Vostochny")
-    result = run_demo(workspace, seed=args.seed)
+    result = run_demo(workspace, seed=args.seed, weights=args.weights, threshold=args.threshold)
     print(f"\nSIMULATED undeclared port calls ({result.scenes} scenes):")
     from imagery.alerts import format_alerts, query_alerts
     from imagery.pipeline import open_workspace
@@ -435,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--max-passes", type=int, default=0, help=argparse.SUPPRESS)
     p = add("demo", cmd_demo, "run the whole pipeline offline on SIMULATED data")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--weights", help="weights name or .pt file (default: the shipped model)")
+    p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
     p = add("alerts", cmd_alerts, "list undeclared port calls (unmatched berthed vessels)")
     p.add_argument("--port")
     p.add_argument("--since", type=_date)

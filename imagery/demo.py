@@ -155,7 +155,8 @@ class DemoResult:
     scenes: int
 
 
-def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True) -> DemoResult:
+def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True,
+             weights: str | None = None, threshold: float | None = None) -> DemoResult:
     from imagery import ais
     from imagery.pipeline import open_workspace, run_pass
     from imagery.simulate import SimulatedSource, VesselSpec, simulate_scene
@@ -192,7 +193,8 @@ def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True)
 
     source = SimulatedSource(seed=seed, cloud_schedule=clouds, fleet=fleet_at)
     end = DEMO_START + timedelta(days=DEMO_DAYS)
-    run_pass(ws, ports, source, DEMO_START, end, max_cloud=100.0, progress=progress)
+    run_pass(ws, ports, source, DEMO_START, end, max_cloud=100.0, weights=weights,
+             threshold=threshold, progress=progress)
     score = score_against_truth(ws, fleets)
     plot = write_timeline(ws)
     return DemoResult(ws.root, score["alerts_by_port"], score["precision"], score["recall"],

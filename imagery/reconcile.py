@@ -261,10 +261,11 @@ def reconcile_scene(
     paired_d = {i for i, _, _ in pairs}
     paired_p = {j for _, j, _ in pairs}
     matched = [(detections[i], in_zones[j], d) for i, j, d in pairs]
-    unmatched = [
+    berths = {z.name for z in port.zones if z.kind == "berth"}
+    unmatched = [  # a vessel at anchor is not a port call; one alongside a berth is
         _explain_detection(detections[i], i, in_zones, dist, allowed, gates)
         for i in range(len(detections))
-        if i not in paired_d and detections[i].zone is not None and detections[i].berthed
+        if i not in paired_d and detections[i].zone in berths and detections[i].berthed
     ]
     ais_only = [
         AisOnly(p, _explain_missing(p, zone_visible, point_visible, gates))

@@ -112,7 +112,9 @@ def test_weights_checksum_and_tampering(tiny_weights, tmp_path):
     model, entry = load_model(tiny_weights)
     assert isinstance(model, BerthNet) and len(entry.sha256) == 64
     bad = tmp_path / "tiny.pt"
-    bad.write_bytes(tiny_weights.read_bytes()[:-1] + b"\0")
+    data = bytearray(tiny_weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the tensors
+    bad.write_bytes(bytes(data))
     (tmp_path / "tiny.json").write_text(tiny_weights.with_suffix(".json").read_text())
     with pytest.raises(DetectorError, match="sha256 mismatch"):
         load_model(bad)

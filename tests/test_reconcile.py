@@ -107,8 +107,10 @@ def test_zone_hidden_by_cloud_is_unknown_not_zero():
 
 
 def test_detections_outside_berth_zones_are_not_alerts():
-    result = _run([_det(1, zone=None)], [])
+    result = _run([_det(1, zone=None), _det(2, zone="vrangel-bay-anchorage")], [])
     assert result.unmatched == []
+    anchorage = next(z for z in result.zones if z.zone == "vrangel-bay-anchorage")
+    assert anchorage.detected == 1
 
 
 def _scene(scene_id, hours, dets, visible=None):
