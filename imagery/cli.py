@@ -361,6 +361,47 @@ def _add_review_parsers(sub: argparse._SubParsersAction, common: argparse.Argume
     exp.add_argument("--out", required=True, metavar="DIR")
 
 
+# --- train, evaluate (the only place imagery reaches into training) --------------------------
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.train import run
+
+    return _training_command(run, args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import run
+
+    return _training_command(run, args)
+
+
+def _training_command(run: Callable, args: argparse.Namespace) -> int:
+    from imagery.detector import DetectorError
+
+    try:
+        run(args)
+    except (DetectorError, FileNotFoundError, ValueError) as exc:
+        # Bad folders, labels or weights: a message, not a traceback.
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def _add_training_parsers(add: Callable, command: str | None) -> None:
+    # Their options live in `training`, which imports torch: only load it when it is asked
+    # for, so that `berthwatch ports` stays instant.
+    p_train = add("train", cmd_train, "train detector weights on labelled folders")
+    p_eval = add("evaluate", cmd_evaluate, "score weights on labelled folders, per port and pooled")
+    if command == "train":
+        from training import train
+
+        train.add_arguments(p_train)
+    elif command == "evaluate":
+        from training import evaluate
+
+        evaluate.add_arguments(p_eval)
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -376,7 +417,7 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --source simulated")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--ports", metavar="DIR", help="folder of port GeoJSON files "
                         "(default: the shipped Chongjin and Vostochny)")
@@ -433,6 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "watch":
             p.add_argument("--every", type=_interval, default=_interval("6h"))
             p.add_argument("--max-passes", type=int, default=0, help=argparse.SUPPRESS)
+    _add_training_parsers(add, command)
     p = add("demo", cmd_demo, "run the whole pipeline offline on SIMULATED data")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--weights", help="weights name or .pt file (default: the shipped model)")
@@ -447,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -25,12 +25,16 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import rasterio
 import torch
 import torch.nn.functional as F
 from pyproj import Transformer
-from rasterio.windows import Window
+from rasterio.features import geometry_mask
+from rasterio.windows import Window, from_bounds
+from rasterio.windows import transform as window_transform
 from scipy import ndimage
 from scipy.spatial import cKDTree
+from shapely.ops import transform as shapely_transform
 from torch import nn
 
 from imagery.scene import (
@@ -377,7 +381,14 @@ def _chip_detections(
 ) -> list[Detection]:
     """Peaks of one chip mapped to scene pixels; keeps only those in the chip's core."""
     win, core = chip.window, chip.core
-    model_m = info.pixel_size_m * scale
+    owned = []
+    for p in peaks:
+        col, row = win.col_off + p.x * scale, win.row_off + p.y * scale
+        if (core.col_off <= col < core.col_off + core.width
+                and core.row_off <= row < core.row_off + core.height):
+            owned.append((p, col, row))
+    if not owned:
+        return []  # most chips of a tile: skip the land mask
     native_size = (int(win.height), int(win.width))
     vessels = torch.sigmoid(out[1:2][None])
     if vessels.shape[-2:] != native_size:
@@ -385,13 +396,9 @@ def _chip_detections(
     near_land = land_distance_mask(
         water_mask(chip.array, chip.scl), vessels[0, 0].numpy() > 0.5, info.pixel_size_m
     )
+    model_m = info.pixel_size_m * scale
     found = []
-    for p in peaks:
-        col, row = win.col_off + p.x * scale, win.row_off + p.y * scale
-        if not (core.col_off <= col < core.col_off + core.width):
-            continue
-        if not (core.row_off <= row < core.row_off + core.height):
-            continue
+    for p, col, row in owned:
         r = min(int(row - win.row_off), native_size[0] - 1)
         c = min(int(col - win.col_off), native_size[1] - 1)
         found.append(
@@ -481,7 +488,9 @@ def detect(
     bar.close()
     # Cores partition the scene, so seam duplicates can only come from a peak that moved by a
     # pixel between two chips' views of a seam; 1.5 model px is well below vessel spacing.
-    return suppress(found, info.pixel_size_m, 1.5 * scale, box_fraction)
+    found = suppress(found, info.pixel_size_m, 1.5 * scale)
+    # The hull pass runs on its own so that evaluation can replay it on stored candidates.
+    return suppress(found, info.pixel_size_m, 0.0, box_fraction) if box_fraction else found
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -506,26 +515,18 @@ def _to_wgs84(info: SceneInfo, detections: list[Detection]) -> None:
 
 
 def zone_visibility(info: SceneInfo, geometry_wgs84) -> float:
-    """Fraction of a zone that is visible: not obscured by SCL (when the scene has it) and
-    inside the scene. Zones smaller than a pixel are judged by their centre."""
-    from rasterio.features import geometry_mask
-    from rasterio.windows import from_bounds
-    from shapely.ops import transform as shapely_transform
-
+    """Fraction of a zone that is visible: inside the scene and, when the scene has SCL, not
+    obscured (SCL_OBSCURED). Zones smaller than a pixel are judged by their centre pixel."""
     to_scene = Transformer.from_crs("EPSG:4326", info.crs, always_xy=True).transform
     geom = shapely_transform(to_scene, geometry_wgs84)
     win = from_bounds(*geom.bounds, transform=info.transform).round_offsets().round_lengths()
     win = Window(win.col_off, win.row_off, max(1, win.width), max(1, win.height))
-    from rasterio.windows import transform as window_transform
-
-    inside = ~geometry_mask(
-        [geom], (int(win.height), int(win.width)), window_transform(win, info.transform),
-        all_touched=False,
-    )
+    shape = (int(win.height), int(win.width))
+    inside = ~geometry_mask([geom], shape, window_transform(win, info.transform))
     if not inside.any():
-        inside[int(win.height) // 2, int(win.width) // 2] = True
-    rows = np.arange(int(win.row_off), int(win.row_off + win.height))[:, None]
-    cols = np.arange(int(win.col_off), int(win.col_off + win.width))[None, :]
+        inside[shape[0] // 2, shape[1] // 2] = True
+    rows = np.arange(int(win.row_off), int(win.row_off) + shape[0])[:, None]
+    cols = np.arange(int(win.col_off), int(win.col_off) + shape[1])[None, :]
     visible = (rows >= 0) & (rows < info.height) & (cols >= 0) & (cols < info.width)
     scl = read_scl(info, win)
     if scl is not None:
@@ -605,6 +606,22 @@ def _write_json(doc: dict, path: str | os.PathLike) -> Path:
     return path
 
 
+def check_reflectance_scale(info: SceneInfo) -> None:
+    """Refuse a scene whose pixels do not read as reflectance (a missing or wrong
+    REFLECTANCE_SCALE): its median, from a decimated read, must be below 1."""
+    band = next((b for b in ("B08", "B04", "B11") if b in info.bands), info.bands[0])
+    with rasterio.open(info.path) as src:
+        sample = src.read(info.band_index(band), out_shape=(min(info.height, 128),
+                                                            min(info.width, 128)))
+    median = float(np.median(sample)) / info.reflectance_scale
+    if not median < 1.0:
+        raise SceneError(
+            info.path, f"{band} reads as reflectance {median:.3g} (median) with "
+            f"REFLECTANCE_SCALE={info.reflectance_scale:g}: the scale is wrong or unknown; "
+            "set the REFLECTANCE_SCALE tag (10000 for Sentinel-2 L2A digital numbers)"
+        )
+
+
 def decode_options(entry: WeightsEntry) -> dict:
     """The detect() keyword arguments a weights entry fixes."""
     return {"pixel_range": entry.pixel_range_m, "box_fraction": entry.box_fraction,
@@ -642,6 +659,7 @@ def detect_scene(
             info.path, f"missing bands {' '.join(missing)} needed by model {entry.name} "
             f"(has {' '.join(info.bands)})"
         )
+    check_reflectance_scale(info)
     if threshold is None:
         threshold = entry.threshold
     if not 0.0 < threshold < 1.0:

@@ -221,6 +221,9 @@ def test_bad_inputs_get_clear_errors(tiny_weights, tmp_path):
     odd = make_labelled(tmp_path / "odd", seed=6, size=64, scale="lots")
     with pytest.raises(SceneError, match="REFLECTANCE_SCALE"):
         detect_scene(odd / "scene.tif", weights=tiny_weights, progress=False)
+    dn_as_float = make_labelled(tmp_path / "dn", seed=7, size=64, scale="1")
+    with pytest.raises(SceneError, match="scale is wrong or unknown"):
+        detect_scene(dn_as_float / "scene.tif", weights=tiny_weights, progress=False)
     good = make_labelled(tmp_path / "good", seed=7, size=64)
     with pytest.raises(DetectorError, match="threshold"):
         detect_scene(good / "scene.tif", weights=tiny_weights, threshold=1.5, progress=False)

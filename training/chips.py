@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 from pyproj import Transformer
 from rasterio.features import rasterize
+from scipy import ndimage
 from shapely.geometry import shape
 from shapely.geometry.base import BaseGeometry
 
-from imagery.detector import PIXEL_RANGE_M
+from imagery.detector import PIXEL_RANGE_M, water_mask
 from imagery.scene import SCENE_BANDS, SceneInfo, open_scene, read_reflectance
 
 NEGATIVE_LABELS = {"negative", "not_ship", "not_vessel", "no_vessel", "false_positive", "none"}
@@ -57,6 +58,7 @@ class LabelledScene:
     mask: torch.Tensor  # (1, 1, H, W) float, 1 on vessel outlines
     ships: list[Ship]
     negatives: np.ndarray  # (M, 2) pixel x, y
+    coast: np.ndarray  # (K, 2) pixel x, y near the water's edge: quays, piers, beaches
 
     @property
     def pixel_m(self) -> float:
@@ -142,7 +144,9 @@ def load_labelled_scene(folder: str | os.PathLike) -> LabelledScene:
     if not labels.exists():
         raise LabelsError(f"{labels}: missing (every labelled folder needs labels.geojson)")
     polygons, ships, negatives = read_labels(labels, info)
-    image = np.nan_to_num(read_reflectance(info, SCENE_BANDS), nan=0.0)
+    reflectance = read_reflectance(info, SCENE_BANDS)
+    coast = coast_pixels(reflectance)
+    image = np.nan_to_num(reflectance, nan=0.0)
     mask = np.zeros((info.height, info.width), dtype=np.float32)
     if polygons:
         mask = rasterize([(p, 1.0) for p in polygons], out_shape=mask.shape,
@@ -159,7 +163,18 @@ def load_labelled_scene(folder: str | os.PathLike) -> LabelledScene:
         mask=torch.from_numpy(mask)[None, None],
         ships=ships,
         negatives=negatives,
+        coast=coast,
     )
+
+
+def coast_pixels(reflectance: np.ndarray, step: int = 3) -> np.ndarray:
+    """Pixels within ~3 px of the water's edge (every `step`-th), where quays and piers look
+    most like vessels: crops centred there teach the model what is not a vessel."""
+    water = water_mask(reflectance, None)
+    band = ndimage.binary_dilation(water, iterations=3) & ~ndimage.binary_erosion(water,
+                                                                                  iterations=3)
+    rows, cols = np.nonzero(band[::step, ::step])
+    return np.column_stack([cols * step + 0.5, rows * step + 0.5]).astype(np.float64)
 
 
 def load_labelled(data_dirs: list[str | os.PathLike]) -> list[LabelledScene]:
@@ -175,8 +190,9 @@ def load_labelled(data_dirs: list[str | os.PathLike]) -> list[LabelledScene]:
 class CropConfig:
     size: int = 128
     pixel_range: tuple[float, float] = PIXEL_RANGE_M
-    p_ship: float = 0.6  # crops centred near a vessel; the rest land anywhere in a scene
+    p_ship: float = 0.55  # crops centred near a vessel
     p_negative: float = 0.1  # crops near an analyst's negative point, when there are any
+    p_coast: float = 0.25  # crops centred on the water's edge (quays: the hard negatives)
     sigma_along: float = 0.2  # heat Gaussian: fraction of the vessel length (min 1 px)
     sigma_across: float = 0.3  # fraction of the vessel width (min 0.8 px)
     p_drop_blue: float = 0.15  # band dropout, so scenes missing bands still serve
@@ -207,6 +223,11 @@ def _pick_centre(rng: np.random.Generator, scenes: list[LabelledScene], cfg: Cro
         i, p = negs[rng.integers(len(negs))]
         jitter = rng.uniform(-0.35, 0.35, 2) * cfg.size * 9.0 / scenes[i].pixel_m
         return i, p[0] + jitter[0], p[1] + jitter[1]
+    coasts = [i for i, sc in enumerate(scenes) if len(sc.coast)]
+    if coasts and rng.random() < cfg.p_coast / max(1e-9, 1 - cfg.p_ship):
+        i = coasts[rng.integers(len(coasts))]
+        x, y = scenes[i].coast[rng.integers(len(scenes[i].coast))]
+        return i, x, y
     areas = np.array([sc.info.width * sc.info.height for sc in scenes], dtype=float)
     i = int(rng.choice(len(scenes), p=areas / areas.sum()))
     return i, rng.uniform(0, scenes[i].info.width), rng.uniform(0, scenes[i].info.height)

@@ -92,6 +92,7 @@ class PortPrediction:
     ships: list  # WGS84 outlines
     detections: list[Detection]  # at the low sweep threshold, with lon/lat
     model: str
+    pixel_m: float = 10.0  # ground size of the scene's pixels
 
 
 def _ship_outlines(folder: Path) -> list:
@@ -101,11 +102,18 @@ def _ship_outlines(folder: Path) -> list:
             and not f.get("properties", {}).get("negative")]
 
 
-def predict_folder(folder: Path, model: BerthNet, entry: WeightsEntry, threshold: float):
+def predict_folder(
+    folder: Path, model: BerthNet, entry: WeightsEntry, threshold: float,
+    box_fraction: float | None = None,
+) -> tuple[list[Detection], float]:
+    """Detections (with lon/lat) in one labelled folder, and the scene's ground pixel size."""
     info = open_scene(folder / "scene.tif", require_bands=None)
-    found = detect(info, model, threshold, **decode_options(entry))
+    options = decode_options(entry)
+    if box_fraction is not None:
+        options["box_fraction"] = box_fraction
+    found = detect(info, model, threshold, **options)
     _to_wgs84(info, found)
-    return found
+    return found, info.pixel_size_m
 
 
 def fold_models(entry: WeightsEntry) -> list[WeightsEntry]:
@@ -131,8 +139,10 @@ def predict_all(
     leave_ports_out: bool = False,
     min_threshold: float = SWEEP[0],
     progress: bool = True,
+    box_fraction: float | None = None,
 ) -> tuple[list[PortPrediction], WeightsEntry, list[str]]:
-    """Detections for every labelled folder at `min_threshold` (to sweep thresholds later)."""
+    """Detections for every labelled folder at `min_threshold` (to sweep thresholds later);
+    `box_fraction` overrides the weights' hull suppression (0: keep every peak)."""
     main_entry = get_weights(weights)
     folders = find_scene_dirs(data_dirs)
     if leave_ports_out:
@@ -146,8 +156,9 @@ def predict_all(
             skipped.append(folder.name)
             continue
         model, _ = load_model(owner.path)
-        found = predict_folder(folder, model, owner, min_threshold)
-        preds.append(PortPrediction(folder.name, _ship_outlines(folder), found, owner.name))
+        found, pixel_m = predict_folder(folder, model, owner, min_threshold, box_fraction)
+        preds.append(PortPrediction(folder.name, _ship_outlines(folder), found, owner.name,
+                                    pixel_m))
         if progress:
             print(f"  {folder.name}: {len(found)} candidates ({owner.name})", flush=True)
     return preds, main_entry, skipped
@@ -213,20 +224,36 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def add_arguments(ap) -> None:
+    """Options of `berthwatch evaluate` (and `python -m training.evaluate`)."""
+    ap.add_argument("--data", nargs="+", required=True, metavar="DIR",
+                    help="labelled folders (scene.tif + labels.geojson) or folders of them")
+    ap.add_argument("--weights", help="weights name or .pt path (default: the packaged default)")
+    ap.add_argument("--leave-ports-out", action="store_true",
+                    help="score each port with the fold model that never saw it")
+    ap.add_argument("--threshold", type=float, help="score threshold (default: the weights')")
+    ap.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+
+
+def run(args) -> dict:
+    """Carry out `berthwatch evaluate`: the table on stdout, JSON on request."""
+    result = evaluate(args.data, args.weights, args.leave_ports_out, args.threshold,
+                      threads=args.threads)
+    print(format_table(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    else:
+        print(json.dumps({"pooled": result["pooled"], "ports": result["ports"]}))
+    return result
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description="score the detector on labelled folders")
-    ap.add_argument("--data", nargs="+", required=True)
-    ap.add_argument("--weights")
-    ap.add_argument("--leave-ports-out", action="store_true")
-    ap.add_argument("--threshold", type=float)
-    ap.add_argument("--json", help="also write the result as JSON here")
-    args = ap.parse_args(argv)
-    result = evaluate(args.data, args.weights, args.leave_ports_out, args.threshold)
-    print(format_table(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    add_arguments(ap)
+    run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -36,3 +36,34 @@ def write_simulated_labelled(port: Port, when: datetime, folder: str | os.PathLi
               "properties": {"simulated": True, "scene_id": truth.scene_id}}
     (folder / "labels.geojson").write_text(json.dumps(labels), encoding="utf-8")
     return folder
+
+
+def write_simulated_set(out_dir: str | os.PathLike, scenes: int = 12, seed: int = 0,
+                        ports: tuple[str, ...] = ("chongjin", "vostochny")) -> list[Path]:
+    """`scenes` labelled SIMULATED folders of the given ports on successive days, a third of
+    them partly clouded, as `<out_dir>/sim-<port>-<k>`."""
+    from datetime import UTC, timedelta
+
+    from imagery.ports import get_port
+
+    start = datetime(2024, 1, 10, tzinfo=UTC)
+    folders = []
+    for k in range(scenes):
+        port = get_port(ports[k % len(ports)])
+        cloud = 0.25 if k % 3 == 2 else 0.0
+        folders.append(write_simulated_labelled(
+            port, start + timedelta(days=5 * k), Path(out_dir) / f"sim-{port.name}-{k:02d}",
+            seed=seed * 1000 + k, cloud_fraction=cloud))
+    return folders
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="write labelled SIMULATED training folders")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--scenes", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    a = ap.parse_args()
+    for folder in write_simulated_set(a.out, a.scenes, a.seed):
+        print(folder)

@@ -38,7 +38,7 @@ FOLDS: tuple[tuple[str, ...], ...] = (
 
 @dataclass
 class Recipe:
-    steps: int = 2000
+    steps: int = 2400
     batch: int = 12
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -189,18 +189,23 @@ def train_folds(
     ]
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", nargs="+", required=True)
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """Options of `berthwatch train` (and `python -m training.train`)."""
+    ap.add_argument("--data", nargs="+", required=True, metavar="DIR",
+                    help="labelled folders (scene.tif + labels.geojson) or folders of them")
     ap.add_argument("--out", required=True, help="weights path stem, e.g. weights/berthnet-s2")
-    ap.add_argument("--folds", help="also train leave-ports-out fold models into this folder")
+    ap.add_argument("--folds", metavar="DIR",
+                    help="also train the leave-ports-out fold models into DIR")
     ap.add_argument("--only-folds", action="store_true", help="train the fold models only")
     ap.add_argument("--fold", type=int, action="append", help="train only these fold numbers")
-    ap.add_argument("--steps", type=int)
-    ap.add_argument("--seed", type=int)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--device")
-    args = ap.parse_args(argv)
+    ap.add_argument("--steps", type=int, help=f"training steps (default {Recipe.steps})")
+    ap.add_argument("--seed", type=int, help="random seed (default 0)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    ap.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+
+
+def run(args: argparse.Namespace) -> list[WeightsEntry]:
+    """Carry out `berthwatch train`: fold models first (when asked), then the model."""
     recipe = Recipe()
     if args.steps:
         recipe.steps = args.steps
@@ -208,14 +213,26 @@ def main(argv: list[str] | None = None) -> None:
         recipe.seed = args.seed
     name = Path(args.out).name
     common = dict(device=args.device, threads=args.threads)
+    written = []
     if args.folds:
-        chosen = args.fold if args.fold else range(len(FOLDS))
-        for k in chosen:
-            train(args.data, Path(args.folds) / f"{name}-fold{k}", recipe, FOLDS[k],
-                  extra_metadata={"fold_of": name, "fold": k}, **common)
+        for k in args.fold or range(len(FOLDS)):
+            if not 0 <= k < len(FOLDS):
+                raise ValueError(f"fold {k} does not exist (0-{len(FOLDS) - 1})")
+            written.append(train(args.data, Path(args.folds) / f"{name}-fold{k}", recipe,
+                                 FOLDS[k], extra_metadata={"fold_of": name, "fold": k},
+                                 **common))
     if not args.only_folds:
-        entry = train(args.data, args.out, recipe, **common)
-        print(f"wrote {entry.path} sha256 {entry.sha256}")
+        written.append(train(args.data, args.out, recipe, **common))
+    for entry in written:
+        print(f"wrote {entry.path} ({entry.size} bytes, sha256 {entry.sha256}, "
+              f"{entry.recipe.get('train_seconds')} s)")
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    run(ap.parse_args(argv))
 
 
 if __name__ == "__main__":
