@@ -156,7 +156,8 @@ class DemoResult:
 
 
 def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True,
-             weights: str | None = None, threshold: float | None = None) -> DemoResult:
+             weights: str | None = None, threshold: float | None = None,
+             days: int = DEMO_DAYS) -> DemoResult:
     from imagery import ais
     from imagery.pipeline import open_workspace, run_pass
     from imagery.simulate import SimulatedSource, VesselSpec, simulate_scene
@@ -192,7 +193,7 @@ def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True,
         return CLOUDY.get(port_name, {}).get(order, 0.0)
 
     source = SimulatedSource(seed=seed, cloud_schedule=clouds, fleet=fleet_at)
-    end = DEMO_START + timedelta(days=DEMO_DAYS)
+    end = DEMO_START + timedelta(days=days)
     run_pass(ws, ports, source, DEMO_START, end, max_cloud=100.0, weights=weights,
              threshold=threshold, progress=progress)
     score = score_against_truth(ws, fleets)

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 import pytest
 import review_workspace as rw
@@ -44,13 +44,17 @@ def _free_port() -> int:
 @pytest.fixture
 def server(tmp_path):
     """The review app on a free loopback port in a thread; stopped after the test."""
+    demo = rw.build(tmp_path / "ws")
+    yield from _serve(demo, demo.ws.root)
+
+
+def _serve(demo, root: Path):
     import uvicorn
 
     from imagery.review import create_app
 
-    demo = rw.build(tmp_path / "ws")
     port = _free_port()
-    config = uvicorn.Config(create_app(demo.ws.root), host="127.0.0.1", port=port,
+    config = uvicorn.Config(create_app(root), host="127.0.0.1", port=port,
                             log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -148,3 +152,37 @@ def _screenshot(page, tmp_path: Path) -> Path:
         Path(target).mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, Path(target) / shot.name)
     return shot
+
+
+@pytest.fixture
+def demo_server(tmp_path, tiny_weights):
+    """A workspace made by `berthwatch demo` itself (its first days, with the tiny test model
+    so that it runs in seconds), served the same way."""
+    from imagery.demo import run_demo
+
+    result = run_demo(tmp_path / "demo", weights=str(tiny_weights), threshold=0.15, days=4,
+                      progress=False)
+    yield from _serve(result, result.workspace)
+
+
+def test_analyst_confirms_an_alert_of_a_demo_workspace(demo_server, browser_page, tmp_path):
+    result, base = demo_server
+    page = browser_page
+    page.goto(base + "/")
+    assert "SIMULATED" in page.inner_text("body")
+    link = page.locator("a.alert-link").first
+    href = link.get_attribute("href")
+    alert_id = unquote(href.rsplit("/", 1)[1])
+    link.click()
+    page.wait_for_selector("#chip-true")
+    page.fill("#verdict-form input[name=analyst]", "Ana Lyst")
+    page.check("#verdict-form input[value=confirmed]")
+    page.fill("#verdict-form textarea[name=note]", "seen at the berth, AIS silent")
+    with page.expect_navigation():
+        page.click("#submit-verdict")
+    assert page.text_content("#status") == "confirmed"
+    rows = _download_confirmed_csv(page)
+    assert [r["alert_id"] for r in rows] == [alert_id]
+    page.wait_for_function("document.getElementById('chip-false').naturalWidth > 0")
+    shot = page.screenshot(path=str(tmp_path / "demo-alert-page.png"), full_page=True)
+    assert len(shot) > 10_000
