@@ -341,7 +341,7 @@ def _run_batch(model: BerthNet, arrays: list[np.ndarray], present: torch.Tensor,
     x = torch.nan_to_num(x, nan=0.0)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    device = next(model.parameters()).device
+    device = next(iter(model.parameters()), torch.empty(0)).device
     out = model(x.to(device), present.expand(x.shape[0], -1).to(device))
     return out.float().cpu()
 

@@ -419,7 +419,7 @@ def _alert_row(sid, port, when, u: Unmatched, chips, top) -> tuple:
     d = u.detection
     considered = [
         {"mmsi": c.mmsi, "name": c.name, "distance_m": c.distance_m, "length_m": c.length_m,
-         "refused": c.refused}
+         "refused": c.refused, "watchlisted": c.watchlisted}
         for c in u.considered
     ]
     return (f"{sid}#{d.det_id}", sid, d.det_id, port.name, d.zone, when, d.lon, d.lat, d.px_x,

@@ -107,6 +107,7 @@ class Considered:
     distance_m: float
     length_m: float | None
     refused: str | None = None  # why it could not pair, when it could not
+    watchlisted: bool = False
 
 
 @dataclass
@@ -287,9 +288,11 @@ def _explain_detection(det: Detection, i: int, placements: Sequence[Placement],
                 refused = "length disagrees"
             else:
                 refused = "paired with another detection"
-            considered.append(Considered(p.mmsi, p.vessel.name if p.vessel else None,
+            v = p.vessel
+            considered.append(Considered(p.mmsi, v.name if v else None,
                                          round(float(dist[i, j]), 1),
-                                         p.vessel.length_m if p.vessel else None, refused))
+                                         v.length_m if v else None, refused,
+                                         bool(v and v.watchlisted)))
     considered.sort(key=lambda c: c.distance_m)
     if not considered:
         reasons = [f"no AIS vessel placed within {3 * gates.match_distance_m:g} m"]

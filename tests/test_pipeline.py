@@ -170,3 +170,11 @@ def test_alerts_command_formats(clean_run, capsys):
         assert main(["alerts", "--workspace", str(clean_run), "--format", fmt]) == 0
     out = capsys.readouterr().out
     assert "FeatureCollection" in out and "alert_id" in out
+
+
+def test_watch_repeats_run(tmp_path, capsys):
+    ws = str(tmp_path / "ws")
+    assert main(["watch", "--every", "1s", "--max-passes", "2", "--no-fetch",
+                 "--workspace", ws]) == 0
+    out = capsys.readouterr().out
+    assert out.count("berthwatch run") == 2 and out.count("processed: 0") == 2

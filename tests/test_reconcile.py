@@ -84,6 +84,12 @@ def test_dark_vessel_is_an_unmatched_detection_with_reasons():
     assert "beyond the 300 m gate" in dark.reasons[0]
 
 
+def test_watchlisted_vessels_are_flagged_in_the_evidence():
+    vessel = AisVessel(777, "DESIGNATED TANKER", 250.0, 80, watchlisted=True)
+    result = _run([_det(1, length=60)], [_moored_fix(777, north_m=30)], vessels={777: vessel})
+    assert result.unmatched[0].considered[0].watchlisted
+
+
 def test_length_disagreement_refuses_the_pair():
     result = _run([_det(1, length=60)], [_moored_fix(333, north_m=30)],
                   vessels={333: AisVessel(333, "BIG ONE", 250.0)})
