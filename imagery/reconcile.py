@@ -38,7 +38,7 @@ class Gates:
     moored_speed_kn: float = 0.5
     moored_drift_m: float = 150.0  # next fix within this of the held one: it did not leave
     nearest_max_age: timedelta = timedelta(minutes=10)
-    length_ratio_max: float = 1.6  # longer / shorter length of a pair
+    length_ratio_max: float = 2.0  # longer / shorter: 10 m pixels misjudge length by ~40 %
     min_visible: float = 0.5  # below this visible fraction a zone is `unknown`
 
 
