@@ -53,7 +53,9 @@ def make_labelled(folder: Path, seed: int, size: int = 128, n: int = 6, land: bo
         img[:, :, : size // 6] = ground[:, None, None]
     if vessels is None:
         vessels = []
-        while len(vessels) < n:
+        for _ in range(1000):  # rejection sampling; a small scene may hold fewer than n
+            if len(vessels) == n:
+                break
             v = (rng.uniform(size // 6 + 12, size - 12), rng.uniform(12, size - 12),
                  rng.uniform(8, 16), rng.uniform(3, 4.5), rng.uniform(0, math.pi))
             if all(math.hypot(v[0] - w[0], v[1] - w[1]) > 18 for w in vessels):
@@ -93,7 +95,8 @@ def tiny_weights(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     for k in range(3):
         make_labelled(root / "data" / f"synth{k}", seed=k)
-    entry = train([root / "data"], root / "weights" / "tiny", TINY, progress=False)
+    # One thread: on a busy 2-core machine two OpenMP threads on tiny tensors spin for minutes.
+    entry = train([root / "data"], root / "weights" / "tiny", TINY, threads=1, progress=False)
     return entry.path
 
 
@@ -102,7 +105,7 @@ def test_tiny_model_trains_and_detects(tiny_weights, tmp_path):
 
     folder = make_labelled(tmp_path / "unseen", seed=42)
     out = detect_scene(folder / "scene.tif", tmp_path / "d.geojson", weights=tiny_weights,
-                       threshold=0.3, chip_size=64, progress=False)
+                       threshold=0.3, chip_size=64, threads=1, progress=False)
     labels = json.loads((folder / "labels.geojson").read_text())
     score = score_geojson(labels, out)
     assert score["recall"] >= 0.8 and score["precision"] >= 0.8, score
@@ -143,7 +146,8 @@ class BrightnessModel(torch.nn.Module):
         heat = torch.nn.functional.conv2d(x[:, 3:4], self.kernel, padding=4)
         logits = (heat - 0.1) * 20
         zeros = torch.zeros_like(logits)
-        return torch.cat([logits, logits, zeros + 2.0, zeros + 1.0, zeros, zeros + 1.0], 1)
+        # No vessel mask: the land mask must then drop the hulls as small non-water blobs.
+        return torch.cat([logits, zeros - 10.0, zeros + 2.0, zeros + 1.0, zeros, zeros + 1.0], 1)
 
 
 def test_no_duplicates_across_seams(tmp_path):
@@ -174,7 +178,7 @@ def test_detect_shared_scene_geojson(tiny_weights, tmp_path):
     port = Port("testport", "Test", 32604, aoi, (BerthZone("west", half),), tmp_path)
     out, csv_out = tmp_path / "det.geojson", tmp_path / "det.csv"
     detect_scene(scene, out, port=port, csv_path=csv_out, weights=tiny_weights,
-                 threshold=0.05, progress=False)
+                 threshold=0.05, threads=1, progress=False)
     doc = json.loads(out.read_text())
     assert doc["type"] == "FeatureCollection"
     top_props = doc["properties"]
@@ -216,19 +220,20 @@ def test_ground_metres_use_true_pixel_size(tmp_path):
 
 def test_bad_inputs_get_clear_errors(tiny_weights, tmp_path):
     with pytest.raises(SceneError, match="no such file"):
-        detect_scene(tmp_path / "missing.tif", weights=tiny_weights, progress=False)
+        detect_scene(tmp_path / "missing.tif", weights=tiny_weights, threads=1, progress=False)
     partial = make_labelled(tmp_path / "partial", seed=5, size=64, bands=("B08", "B11"))
     with pytest.raises(SceneError, match="missing bands B02 B03 B04"):
-        detect_scene(partial / "scene.tif", weights=tiny_weights, progress=False)
+        detect_scene(partial / "scene.tif", weights=tiny_weights, threads=1, progress=False)
     odd = make_labelled(tmp_path / "odd", seed=6, size=64, scale="lots")
     with pytest.raises(SceneError, match="REFLECTANCE_SCALE"):
-        detect_scene(odd / "scene.tif", weights=tiny_weights, progress=False)
+        detect_scene(odd / "scene.tif", weights=tiny_weights, threads=1, progress=False)
     dn_as_float = make_labelled(tmp_path / "dn", seed=7, size=64, scale="1")
     with pytest.raises(SceneError, match="scale is wrong or unknown"):
-        detect_scene(dn_as_float / "scene.tif", weights=tiny_weights, progress=False)
+        detect_scene(dn_as_float / "scene.tif", weights=tiny_weights, threads=1, progress=False)
     good = make_labelled(tmp_path / "good", seed=7, size=64)
     with pytest.raises(DetectorError, match="threshold"):
-        detect_scene(good / "scene.tif", weights=tiny_weights, threshold=1.5, progress=False)
+        detect_scene(good / "scene.tif", weights=tiny_weights, threshold=1.5, threads=1,
+                     progress=False)
 
 
 def test_berthed_flag_uses_land_distance(tmp_path):
@@ -263,5 +268,7 @@ def test_save_weights_roundtrip(tmp_path):
     entry = save_weights(model, tmp_path / "w", {"threshold": 0.4})
     loaded, again = load_model(tmp_path / "w.pt")
     assert again.sha256 == entry.sha256 and again.threshold == 0.4
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(),
-                                                 loaded.state_dict().values(), strict=True))
+    # load_model folds BatchNorm into the convolutions: same outputs, not the same tensors.
+    x, present = torch.rand(2, 5, 32, 32) * 0.3, torch.ones(2, 5, dtype=torch.bool)
+    with torch.inference_mode():
+        assert torch.allclose(model.eval()(x, present), loaded(x, present), atol=1e-4)

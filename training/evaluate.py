@@ -125,7 +125,12 @@ def fold_models(entry: WeightsEntry) -> list[WeightsEntry]:
         if data.get("fold_of") == entry.name:
             found.append((data, get_weights(meta)))
     if not found:
-        raise FileNotFoundError(f"no fold models of {entry.name} in {folder}")
+        raise FileNotFoundError(
+            f"no fold models of {entry.name} in {folder}: train them with `berthwatch train "
+            f"--data DIR... --out {entry.path.with_suffix('')} --folds {folder} --only-folds`, "
+            "then calibrate with `python -m training.export --data DIR... --weights "
+            f"{entry.path}`"
+        )
     return [e for _, e in found]
 
 

@@ -130,15 +130,15 @@ def write_model_card(entry: WeightsEntry, path: Path, speed: dict | None = None)
     lpo = entry.metrics.get("leave_ports_out", {})
     recipe = dict(entry.recipe)
     crop = recipe.pop("crop", {})
-    rows = [f"| {port} | {r['labelled']} | {r['predicted']} | {r['tp']} | {r['fp']} | {r['fn']} "
-            f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['count_error']:+d} |"
-            for port, r in sorted(lpo.get("ports", {}).items())]
-    pooled = lpo.get("pooled")
-    if pooled:
-        rows.append(f"| **pooled** | {pooled['labelled']} | {pooled['predicted']} | "
-                    f"{pooled['tp']} | {pooled['fp']} | {pooled['fn']} | "
-                    f"{pooled['precision']:.3f} | {pooled['recall']:.3f} | "
-                    f"**{pooled['f1']:.3f}** | {pooled['count_error']:+d} |")
+    table = _table(lpo.get("ports", {}), lpo.get("pooled")) if lpo else (
+        "**Not measured for this model**: `weights/folds/` holds no fold models of it (see the "
+        "validation notes).")
+    in_sample = entry.metrics.get("in_sample")
+    in_sample_text = "(not measured)"
+    if in_sample:
+        in_sample_text = (f"Threshold {in_sample.get('threshold')}. Scored on the ports the model "
+                          "was trained on: a check of the pipeline and of fit, NOT of skill on "
+                          "unseen ports.\n\n" + _table(in_sample["ports"], in_sample["pooled"]))
     sweep = lpo.get("sweep_f1", {})
     sweep_line = ", ".join(f"{t}: {f:.3f}" for t, f in sweep.items())
     n_params = sum(p.numel() for p in BerthNet(tuple(entry.widths)).parameters())
@@ -154,11 +154,35 @@ def write_model_card(entry: WeightsEntry, path: Path, speed: dict | None = None)
         recipe=json.dumps({k: v for k, v in recipe.items()
                            if k not in ("train_ports", "train_vessels")}, indent=1),
         crop=json.dumps(crop, indent=1),
-        table="\n".join(rows) or "| (not measured) |",
+        table=table,
+        in_sample=in_sample_text,
         sweep=sweep_line or "(not measured)",
         speed=_speed_text(speed),
+        notes=_notes(entry),
     )
     path.write_text(text, encoding="utf-8")
+
+
+def _table(ports: dict, pooled: dict | None) -> str:
+    head = ("| port | vessels | predicted | tp | fp | fn | precision | recall | F1 | count error |"
+            "\n|---|---|---|---|---|---|---|---|---|---|")
+    rows = [f"| {port} | {r['labelled']} | {r['predicted']} | {r['tp']} | {r['fp']} | {r['fn']} "
+            f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} | {r['count_error']:+d} |"
+            for port, r in sorted(ports.items())]
+    if pooled:
+        rows.append(f"| **pooled** | {pooled['labelled']} | {pooled['predicted']} | "
+                    f"{pooled['tp']} | {pooled['fp']} | {pooled['fn']} | "
+                    f"{pooled['precision']:.3f} | {pooled['recall']:.3f} | "
+                    f"**{pooled['f1']:.3f}** | {pooled['count_error']:+d} |")
+    return head + "\n" + ("\n".join(rows) if rows else "| (not measured) |")
+
+
+def _notes(entry: WeightsEntry) -> str:
+    """Free-text validation notes (`card_notes` in the metadata json), e.g. for a model
+    whose fold models were not trained."""
+    meta = json.loads(entry.path.with_suffix(".json").read_text(encoding="utf-8"))
+    notes = meta.get("card_notes") or []
+    return "\n".join(f"- {n}" for n in notes) if notes else "None."
 
 
 def _speed_text(speed: dict | None) -> str:
@@ -195,13 +219,18 @@ stronger vessel's estimated hull shrunk to {box} (a second peak on one long hull
   `SceneInfo.pixel_size_m` (an EPSG:3857 pixel of 10 map units is 10 cos(lat) m).
 
 ## Training data
-sen2ships (MIT; Copernicus Sentinel-2 L2A): ports {train_ports}; {vessels} labelled vessels
-(polygon outlines). The two partial ports (missing bands) train through band dropout.
+Labelled folders (scene.tif + labels.geojson): {train_ports}; {vessels} labelled vessels in
+all. Real data: sen2ships (MIT; Copernicus Sentinel-2 L2A), 11 ports with five bands plus the
+two partial ports (los_angeles: B08 B11 only; santos: no B02), which train through band
+dropout. Folders named `sim-*` are SIMULATED scenes (`training/simulated.py`), added so the
+offline demo's simulated scenes are in the model's domain; they are not evidence of skill
+on real imagery.
 
 ## Recipe
-Trained in {seconds} s on {device} ({threads} threads). Crops sampled from the scenes with one
-affine resampling: pixel size jitter within the range above, any rotation, flips; gain, haze
-and glint jitter, noise, band dropout; crops centred near vessels with probability p_ship.
+Trained in {seconds} s on {device} (torch threads: {threads}). Crops sampled from the scenes
+with one affine resampling: pixel size jitter within the range above, any rotation, flips;
+gain, haze and glint jitter, noise, band dropout; crops centred near vessels with probability
+p_ship, on the water's edge with p_coast (quays: hard negatives), elsewhere at random.
 AdamW, linear warm-up then cosine decay, seeded (numpy Generator + torch seed).
 
 ```json
@@ -214,17 +243,22 @@ Crop/augmentation settings:
 
 ## Leave-ports-out metrics
 Four folds of ports (`training.train.FOLDS`); each port is scored by the fold model trained
-without it (those models are in `weights/folds/`, same recipe). Match rule of
+without it (fold models: `weights/folds/`, same recipe). Match rule of
 `../shared/data/README.md`: a point within 20 m of a vessel outline, one-to-one Hungarian.
 Reproduce: `berthwatch evaluate --data ../shared/data/sen2ships --leave-ports-out`.
 
-| port | vessels | predicted | tp | fp | fn | precision | recall | F1 | count error |
-|---|---|---|---|---|---|---|---|---|---|
 {table}
 
-Operating threshold **{threshold}**: the middle of the thresholds within 0.005 of the best
-pooled leave-ports-out F1 (chosen on these same out-of-fold predictions, so the pooled F1
-is slightly optimistic). Pooled F1 by threshold: {sweep}.
+Operating threshold **{threshold}**. When the fold models exist, `python -m training.export`
+sets it to the middle of the thresholds within 0.005 of the best pooled leave-ports-out F1
+(chosen on these same out-of-fold predictions, so the pooled F1 is slightly optimistic).
+Pooled leave-ports-out F1 by threshold: {sweep}.
+
+## In-sample metrics
+{in_sample}
+
+## Validation notes
+{notes}
 
 ## Files
 - file: `{name}.pt` (a plain state dict; loaded with `torch.load(weights_only=True)` after the
@@ -246,17 +280,28 @@ may merge into one detection. Length/width/heading are estimates from the regres
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
+    from imagery.detector import get_weights
     from training.evaluate import format_table
 
-    ap = argparse.ArgumentParser(description="calibrate the threshold and write the model card")
-    ap.add_argument("--data", nargs="+", required=True)
+    ap = argparse.ArgumentParser(
+        description="calibrate the threshold on the leave-ports-out fold models and write the "
+        "model card (--card-only: write the card from the metadata as it is)")
+    ap.add_argument("--data", nargs="+", help="labelled folders (needed unless --card-only)")
     ap.add_argument("--weights", required=True, help="the default model's .pt (folds/ beside)")
     ap.add_argument("--card", default=None, help="model card path (default: beside weights)")
+    ap.add_argument("--card-only", action="store_true")
+    ap.add_argument("--speed", help="JSON file of benchmark figures to put in the card")
     args = ap.parse_args(argv)
-    card = args.card or str(Path(args.weights).parent / "MODEL_CARD.md")
-    result = calibrate(args.data, args.weights, card)
-    result.update(weights=Path(args.weights).stem, tolerance_m=20.0, leave_ports_out=True)
-    print(format_table(result))
+    card = Path(args.card or Path(args.weights).parent / "MODEL_CARD.md")
+    speed = json.loads(Path(args.speed).read_text()) if args.speed else None
+    if not args.card_only:
+        if not args.data:
+            ap.error("--data is needed to calibrate")
+        result = calibrate(args.data, args.weights, None)
+        result.update(weights=Path(args.weights).stem, tolerance_m=20.0, leave_ports_out=True)
+        print(format_table(result))
+    write_model_card(get_weights(args.weights), card, speed)
+    print(f"wrote {card}")
 
 
 if __name__ == "__main__":
