@@ -8,7 +8,6 @@ clear line, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -512,16 +511,6 @@ def main(argv: list[str] | None = None) -> int:
         # The reader went away (`berthwatch alerts | head`): nothing more to say to it.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
         return 0
-
-
-def _json_default(value):
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).isoformat()
-    return str(value)
-
-
-def print_json(data) -> None:
-    print(json.dumps(data, indent=2, default=_json_default))
 
 
 if __name__ == "__main__":

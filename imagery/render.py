@@ -33,10 +33,6 @@ def true_colour(info: SceneInfo, col0: int, row0: int, size: int) -> np.ndarray:
     return chip_rgb(info, col0, row0, size, TRUE_COLOUR)
 
 
-def false_colour(info: SceneInfo, col0: int, row0: int, size: int) -> np.ndarray:
-    return chip_rgb(info, col0, row0, size, FALSE_COLOUR)
-
-
 def timeline_plot(rows: list[dict], out: str | os.PathLike, title: str) -> Path:
     """Per port, detected against AIS-reported berthed vessels per scene; `unknown` scenes
     (berths hidden by cloud) are marked, not drawn as zero. rows: port, time (datetime),

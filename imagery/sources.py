@@ -134,7 +134,7 @@ def fetch_into_workspace(
     known = workspace.scene(ref.scene_id)
     if known and known.status == "skipped":
         return FetchOutcome(ref, "skipped", f"{known.reason} (recorded earlier)")
-    if workspace.has_stored_scene(ref.scene_id):
+    if known and known.status == "stored" and known.path and Path(known.path).exists():
         return FetchOutcome(ref, "exists", path=Path(known.path))
     dest = workspace.scene_path(port.name, ref.acquisition_time, ref.scene_id)
     try:

@@ -131,12 +131,6 @@ class Workspace:
             conn.close()
         return _record(row) if row else None
 
-    def has_stored_scene(self, scene_id: str) -> bool:
-        record = self.scene(scene_id)
-        return bool(record and record.status in ("stored", "skipped") and (
-            record.status == "skipped" or (record.path and Path(record.path).exists())
-        ))
-
     def record_scene(
         self,
         *,
