@@ -306,7 +306,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"\n{port}: {count} alert(s)")
         sys.stdout.write(format_alerts(query_alerts(ws, port=port)))
     print(f"\nagainst the simulation's truth: precision {result.precision:.2f}, "
-          f"recall {result.recall:.2f} (tp {result.tp}, fp {result.fp}, fn {result.fn})")
+          f"recall {result.recall:.2f} (tp {result.tp}, fp {result.fp}, fn {result.fn}; "
+          f"{result.hidden_found} more on dark vessels the truth marks hidden by cloud)")
     print(f"timeline plot: {result.plot}")
     print(f"review the alerts: berthwatch review --workspace {workspace}")
     print(f"demo finished in {time.monotonic() - started:.0f} s")

@@ -19,7 +19,15 @@ try:  # tests/ is on sys.path under pytest's default (prepend) import mode
 except ImportError:  # tests/ as a package
     from tests.test_detector import make_labelled
 from training.chips import CropConfig, load_labelled_scene, sample_batch
-from training.evaluate import format_table, match_counts, score_geojson, summarize
+from training.evaluate import (
+    PortPrediction,
+    format_table,
+    length_agreement,
+    match_counts,
+    outline_length_m,
+    score_geojson,
+    summarize,
+)
 from training.train import FOLDS, Recipe, fit
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -67,6 +75,29 @@ def test_match_rule_edges():
     assert match_counts([ship], np.zeros((0, 2))) == {"tp": 0, "fp": 0, "fn": 1}
     s = summarize({"tp": 3, "fp": 1, "fn": 1})
     assert s["f1"] == 0.75 and s["count_error"] == 0
+
+
+def test_length_agreement_against_outlines():
+    from shapely.geometry import box
+
+    from imagery.detector import Detection
+
+    # A hull 0.0015 deg of longitude long at 44 N: 0.0015 * 111.32 km * cos(44) = 120 m.
+    ship = box(10.0, 44.0, 10.0015, 44.00015)
+    length = outline_length_m([ship])[0]
+    assert abs(length - 120.1) < 2
+    c = ship.centroid
+    found = [Detection(px_x=0, px_y=0, score=0.9, length_m=length + 30, width_m=15,
+                       heading_deg=60, berthed=True),
+             Detection(px_x=0, px_y=0, score=0.2, length_m=10, width_m=5, heading_deg=0,
+                       berthed=True)]
+    found[0].lon, found[0].lat = c.x, c.y
+    found[1].lon, found[1].lat = c.x + 0.0001, c.y
+    preds = [PortPrediction("p", [ship], found, "m")]
+    assert length_agreement(preds, 0.5) == {"pairs": 1, "median_error_m": 30.0,
+                                            "median_abs_error_m": 30.0}
+    assert length_agreement(preds, 0.1)["median_error_m"] == 30.0  # the weaker point is extra
+    assert length_agreement(preds, 0.95) == {"pairs": 0}
 
 
 def test_table_formats():

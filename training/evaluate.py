@@ -45,27 +45,66 @@ def utm_epsg(lon: float, lat: float) -> int:
     return (32600 if lat >= 0 else 32700) + zone
 
 
+def _utm_projector(ship_geoms: list):
+    c = ship_geoms[0].centroid
+    to_m = Transformer.from_crs("EPSG:4326", f"EPSG:{utm_epsg(c.x, c.y)}", always_xy=True)
+    return lambda xy: np.column_stack(to_m.transform(xy[:, 0], xy[:, 1]))
+
+
+def match_pairs(
+    ship_geoms: list, points: np.ndarray, tol: float = TOLERANCE_M
+) -> list[tuple[int, int]]:
+    """(ship index, point index) pairs: one-to-one, within `tol` metres of the outline,
+    minimising the total distance."""
+    points = np.asarray(points, dtype=float).reshape(-1, 2)
+    if not ship_geoms or not len(points):
+        return []
+    project = _utm_projector(ship_geoms)
+    ships = np.array([shapely.transform(g, project) for g in ship_geoms], dtype=object)
+    pts = shapely.points(project(points))
+    cost = shapely.distance(ships[:, None], pts[None, :]).astype(float)
+    rows, cols = linear_sum_assignment(np.where(cost <= tol, cost, 1e9))
+    return [(int(r), int(c)) for r, c in zip(rows, cols, strict=True) if cost[r, c] <= tol]
+
+
 def match_counts(
     ship_geoms: list, points: np.ndarray, tol: float = TOLERANCE_M
 ) -> dict[str, int]:
     """tp/fp/fn between vessel outlines (WGS84 shapely) and points (N, 2 lon/lat)."""
     points = np.asarray(points, dtype=float).reshape(-1, 2)
-    if not ship_geoms:
-        return {"tp": 0, "fp": len(points), "fn": 0}
-    if not len(points):
-        return {"tp": 0, "fp": 0, "fn": len(ship_geoms)}
-    c = ship_geoms[0].centroid
-    to_m = Transformer.from_crs("EPSG:4326", f"EPSG:{utm_epsg(c.x, c.y)}", always_xy=True)
-
-    def project(xy: np.ndarray) -> np.ndarray:
-        return np.column_stack(to_m.transform(xy[:, 0], xy[:, 1]))
-
-    ships = np.array([shapely.transform(g, project) for g in ship_geoms], dtype=object)
-    pts = shapely.points(project(points))
-    cost = shapely.distance(ships[:, None], pts[None, :]).astype(float)
-    rows, cols = linear_sum_assignment(np.where(cost <= tol, cost, 1e9))
-    tp = int((cost[rows, cols] <= tol).sum())
+    tp = len(match_pairs(ship_geoms, points, tol))
     return {"tp": tp, "fp": len(points) - tp, "fn": len(ship_geoms) - tp}
+
+
+def outline_length_m(ship_geoms: list) -> np.ndarray:
+    """Each outline's length in metres: the long side of its minimum rotated rectangle in
+    the labels' UTM zone."""
+    if not ship_geoms:
+        return np.zeros(0)
+    project = _utm_projector(ship_geoms)
+    lengths = []
+    for g in ship_geoms:
+        box = np.asarray(shapely.minimum_rotated_rectangle(shapely.transform(g, project))
+                         .exterior.coords)
+        sides = np.hypot(*np.diff(box[:3], axis=0).T)
+        lengths.append(float(sides.max()))
+    return np.array(lengths)
+
+
+def length_agreement(preds: list, threshold: float) -> dict:
+    """How the detections' `length_m` compares with the labelled outlines' lengths, over the
+    vessels found at `threshold`: median error and median absolute error in metres."""
+    errors = []
+    for p in preds:
+        found = [d for d in p.detections if d.score >= threshold]
+        pts = np.array([(d.lon, d.lat) for d in found]).reshape(-1, 2)
+        truth = outline_length_m(p.ships)
+        errors += [found[j].length_m - truth[i] for i, j in match_pairs(p.ships, pts)]
+    if not errors:
+        return {"pairs": 0}
+    e = np.array(errors)
+    return {"pairs": len(e), "median_error_m": round(float(np.median(e)), 1),
+            "median_abs_error_m": round(float(np.median(np.abs(e))), 1)}
 
 
 def score_geojson(labels: dict, detections: dict, tol: float = TOLERANCE_M) -> dict:
@@ -203,6 +242,7 @@ def evaluate(
         tolerance_m=TOLERANCE_M,
         skipped_ports=skipped,
         sweep={str(t): score_predictions(preds, t)["pooled"]["f1"] for t in SWEEP},
+        length_m=length_agreement(preds, op),
     )
     return result
 
@@ -224,6 +264,11 @@ def format_table(result: dict) -> str:
     mode = "leave-ports-out" if result.get("leave_ports_out") else "direct"
     lines.append(f"weights {result['weights']} ({mode}), threshold {result['threshold']}, "
                  f"match tolerance {result['tolerance_m']:g} m")
+    length = result.get("length_m") or {}
+    if length.get("pairs"):
+        lines.append(f"length_m of the {length['pairs']} vessels found against their outlines: "
+                     f"median error {length['median_error_m']:+.1f} m, median absolute error "
+                     f"{length['median_abs_error_m']:.1f} m")
     if result.get("skipped_ports"):
         lines.append(f"not scored (no fold held them out): {', '.join(result['skipped_ports'])}")
     return "\n".join(lines)
