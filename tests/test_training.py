@@ -133,3 +133,24 @@ def test_training_is_reproducible(tmp_path):
     for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
         assert torch.equal(x, y)
     assert not math.isnan(float(next(a.parameters()).detach().sum()))
+
+
+def test_evaluate_reproduces_the_model_cards_leave_ports_out_metrics(shared_data):
+    """`berthwatch evaluate --leave-ports-out` on the shared data gives the shipped model's
+    recorded leave-ports-out figures, port by port, and the model card shows them."""
+    from imagery.detector import get_weights
+    from training.evaluate import evaluate
+
+    entry = get_weights()
+    recorded = entry.metrics.get("leave_ports_out")
+    if not recorded:
+        pytest.fail(f"{entry.name} has no leave-ports-out metrics (weights/folds missing?)")
+    result = evaluate([shared_data / "sen2ships"], leave_ports_out=True, threads=1,
+                      progress=False)
+    assert result["threshold"] == recorded["threshold"]
+    for port, row in recorded["ports"].items():
+        assert {k: result["ports"][port][k] for k in ("tp", "fp", "fn")} == \
+            {k: row[k] for k in ("tp", "fp", "fn")}, port
+    assert result["pooled"] == recorded["pooled"]
+    card = (entry.path.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert f"**{recorded['pooled']['f1']:.3f}**" in card and entry.sha256 in card
