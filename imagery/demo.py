@@ -159,6 +159,7 @@ class DemoResult:
     plot: Path
     scenes: int
     hidden_found: int = 0  # alerts on dark vessels the truth marks hidden by cloud
+    under_cloud: int = 0  # unmatched detections set aside on cloud, shadow or cirrus pixels
 
 
 def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True,
@@ -200,13 +201,13 @@ def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True,
 
     source = SimulatedSource(seed=seed, cloud_schedule=clouds, fleet=fleet_at)
     end = DEMO_START + timedelta(days=days)
-    run_pass(ws, ports, source, DEMO_START, end, max_cloud=100.0, weights=weights,
-             threshold=threshold, progress=progress)
+    report = run_pass(ws, ports, source, DEMO_START, end, max_cloud=100.0, weights=weights,
+                      threshold=threshold, progress=progress)
     score = score_against_truth(ws, fleets)
     plot = write_timeline(ws)
     return DemoResult(ws.root, score["alerts_by_port"], score["precision"], score["recall"],
                       score["tp"], score["fp"], score["fn"], plot, score["scenes"],
-                      score["hidden_found"])
+                      score["hidden_found"], report.under_cloud)
 
 
 def _dark_at(fleet: list[DemoVessel], vessel_id: str, when: datetime) -> bool:

@@ -131,6 +131,7 @@ class RunReport:
     processed: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     alerts: int = 0
+    under_cloud: int = 0  # unmatched berthed detections set aside: SCL cloud/shadow/cirrus
 
     def count(self, status: str) -> None:
         self.fetched[status] = self.fetched.get(status, 0) + 1
@@ -208,14 +209,15 @@ def _process_pending(ws, port, weights, threshold, gates, report, progress) -> N
     for scene in tqdm(scenes, desc=f"detect+reconcile {port.name}", unit="scene",
                       disable=not progress):
         try:
-            n = process_scene(ws, port, scene, weights, threshold, gates)
+            result = process_scene(ws, port, scene, weights, threshold, gates)
         except Exception as exc:  # recorded and retried next run; the others go on
             reason = f"{type(exc).__name__}: {exc}"
             _record_failure(ws, scene["scene_id"], reason)
             report.failed[scene["scene_id"]] = reason
             continue
         report.processed.append(scene["scene_id"])
-        report.alerts += n
+        report.alerts += len(result.unmatched)
+        report.under_cloud += len(result.under_cloud)
 
 
 def _record_failure(ws: Workspace, scene_id: str, reason: str) -> None:
@@ -232,8 +234,9 @@ def _record_failure(ws: Workspace, scene_id: str, reason: str) -> None:
 
 
 def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
-                  gates: Gates) -> int:
-    """Detect, reconcile and store one scene; returns the number of alerts."""
+                  gates: Gates) -> SceneReconciliation:
+    """Detect, reconcile and store one scene; returns the reconciliation (its `unmatched`
+    are the alerts)."""
     from imagery.detector import detect_scene
 
     scene_id = scene["scene_id"]
@@ -255,7 +258,7 @@ def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
     chips = {u.detection.det_id: write_evidence_chip(ws, info, u.detection, result)
              for u in result.unmatched}
     _store(ws, port, scene, result, collection, chips, geojson_path)
-    return len(result.unmatched)
+    return result
 
 
 def _safe(text: str) -> str:

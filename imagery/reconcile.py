@@ -8,6 +8,8 @@ scheduler stores it. The rules an analyst must be able to state:
 - Detections and AIS vessels pair one-to-one (Hungarian) within a distance gate; when both
   lengths are known they must agree within a factor, else the pair is refused.
 - A zone whose visible fraction is below `min_visible` is `unknown`: cloud is not an empty berth.
+- An unmatched detection on a pixel the scene's SCL marks cloud, shadow or cirrus is set
+  aside (`under_cloud`), not alerted: the scene did not see that point clearly.
 """
 
 from __future__ import annotations
@@ -133,6 +135,10 @@ class SceneReconciliation:
     unmatched: list[Unmatched]
     ais_only: list[AisOnly]
     placements: list[Placement] = field(default_factory=list)
+    # Unmatched berthed detections on pixels the scene did not see clearly (SCL cloud, cloud
+    # shadow, cirrus): set aside, not alerts. Cloud edges and shadows make vessel-like blobs,
+    # and those pixels already count as not visible in the zone's visible fraction.
+    under_cloud: list[Unmatched] = field(default_factory=list)
 
 
 # --- placing AIS vessels at the acquisition time ------------------------------------------------
@@ -263,18 +269,20 @@ def reconcile_scene(
     paired_p = {j for _, j, _ in pairs}
     matched = [(detections[i], in_zones[j], d) for i, j, d in pairs]
     berths = {z.name for z in port.zones if z.kind == "berth"}
-    unmatched = [  # a vessel at anchor is not a port call; one alongside a berth is
-        _explain_detection(detections[i], i, in_zones, dist, allowed, gates)
-        for i in range(len(detections))
-        if i not in paired_d and detections[i].zone in berths and detections[i].berthed
-    ]
+    unmatched, under_cloud = [], []
+    for i, det in enumerate(detections):
+        if i in paired_d or det.zone not in berths or not det.berthed:
+            continue  # a vessel at anchor is not a port call; one alongside a berth is
+        item = _explain_detection(det, i, in_zones, dist, allowed, gates)
+        seen = point_visible is None or point_visible(det.lon, det.lat)
+        (unmatched if seen else under_cloud).append(item)
     ais_only = [
         AisOnly(p, _explain_missing(p, zone_visible, point_visible, gates))
         for j, p in enumerate(in_zones) if j not in paired_p
     ]
     zones = _zone_counts(port, detections, in_zones, zone_visible, gates)
     return SceneReconciliation(scene_id, port.name, acquisition_time, zones, matched,
-                               unmatched, ais_only, placements)
+                               unmatched, ais_only, placements, under_cloud)
 
 
 def _explain_detection(det: Detection, i: int, placements: Sequence[Placement],

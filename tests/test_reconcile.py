@@ -143,3 +143,18 @@ def test_two_vessels_at_one_berth_are_two_episodes():
               _scene("B", 48, [_det(1), _det(2, north_m=600)])]
     episodes = merge_episodes(scenes)
     assert sorted(len(e.scene_ids) for e in episodes) == [2, 2]
+
+
+def test_unmatched_detection_under_cloud_is_set_aside_not_alerted():
+    clear, clouded = _det(1), _det(2, north_m=400.0)
+    cloud_lat = clouded.lat
+
+    def seen(lon, lat):  # SCL: cloud or shadow over the second detection only
+        return abs(lat - cloud_lat) > 1e-6
+
+    result = _run([clear, clouded], [], point_visible=seen)
+    assert [u.detection.det_id for u in result.unmatched] == [1]
+    assert [u.detection.det_id for u in result.under_cloud] == [2]
+    # Matching is unchanged: a clouded detection still accounts for an AIS vessel there.
+    matched = _run([clouded], [_moored_fix(5, north_m=400.0)], point_visible=seen)
+    assert len(matched.matched) == 1 and matched.under_cloud == [] and matched.ais_only == []
