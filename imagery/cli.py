@@ -173,6 +173,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
 # --- run, watch, alerts ----------------------------------------------------------------------
 
 
+def set_aside_line(count: int) -> str:
+    return (f"set aside, not alerted: {count} unmatched detection(s) at berths on pixels the "
+            "SCL marks cloud, cloud shadow, cirrus, no data or saturated")
+
+
 def _run_once(args: argparse.Namespace) -> int:
     from imagery.pipeline import RunLocked, open_workspace, run_pass
 
@@ -190,8 +195,7 @@ def _run_once(args: argparse.Namespace) -> int:
     print(f"scenes fetched: {fetched}; processed: {len(report.processed)}; "
           f"alerts: {report.alerts}; failed: {len(report.failed)}")
     if report.under_cloud:
-        print(f"    {report.under_cloud} unmatched detection(s) at berths set aside: on pixels "
-              "the scene's SCL marks cloud, cloud shadow or cirrus")
+        print(f"    {set_aside_line(report.under_cloud)}")
     for what, reason in report.failed.items():
         print(f"    failed {what}: {reason}")
     return 1 if report.failed else 0
@@ -311,8 +315,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"\nagainst the simulation's truth: precision {result.precision:.2f}, "
           f"recall {result.recall:.2f} (tp {result.tp}, fp {result.fp}, fn {result.fn}; "
           f"{result.hidden_found} more on dark vessels the truth marks hidden by cloud)")
-    print(f"set aside, not alerted: {result.under_cloud} unmatched detection(s) on pixels the "
-          "scenes' SCL marks cloud, cloud shadow or cirrus")
+    print(set_aside_line(result.under_cloud))
     print(f"timeline plot: {result.plot}")
     print(f"review the alerts: berthwatch review --workspace {workspace}")
     print(f"demo finished in {time.monotonic() - started:.0f} s")

@@ -121,12 +121,15 @@ def ais_feed(fleet: list[DemoVessel], berth_of: dict[str, tuple[float, float]],
             # leaving, so its last moored fix is not held as if it were still alongside.
             t = arrive - timedelta(hours=2)
             while t <= depart + timedelta(hours=2):
-                moving = t < arrive or t > depart
-                edge = arrive if t < arrive else depart
-                k = abs(edge - t) / timedelta(hours=2) if moving else 0.0
+                if t < arrive:  # k: 1 two hours out at sea, 0 alongside
+                    k, course = (arrive - t) / timedelta(hours=2), 310
+                elif t > depart:
+                    k, course = (t - depart) / timedelta(hours=2), 130
+                else:
+                    k, course = 0.0, 0
+                moving = k > 0
                 fix = {"type": 1, "mmsi": v.mmsi, "lon": lon + 0.12 * k, "lat": lat - 0.08 * k,
-                       "speed": 9.5 if moving else 0.0,
-                       "course": (310 if t < arrive else 130) if moving else 0,
+                       "speed": 9.5 if moving else 0.0, "course": course,
                        "heading": 511, "status": 0 if moving else 5}
                 lines += _nmea(fix, int(t.timestamp()))
                 t += timedelta(minutes=6 if moving else 30)

@@ -154,3 +154,14 @@ def test_evaluate_reproduces_the_model_cards_leave_ports_out_metrics(shared_data
     assert result["pooled"] == recorded["pooled"]
     card = (entry.path.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert f"**{recorded['pooled']['f1']:.3f}**" in card and entry.sha256 in card
+
+
+def test_default_recipe_is_the_shipped_models():
+    """`berthwatch train` without options trains the recipe the model card reports."""
+    from dataclasses import asdict
+
+    from imagery.detector import get_weights
+
+    shipped = get_weights().recipe
+    for key, value in json.loads(json.dumps(asdict(Recipe()))).items():
+        assert shipped[key] == value, key
