@@ -7,7 +7,9 @@ Writes a synthetic 5-band uint16 scene (water, land blobs, bright vessel rectang
 block, runs `imagery.detector.detect` over it (whole scene, timed) and
 `fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)` (torchvision defaults, so its
 transform resizes each chip to 800 px) over the same chips of the same tiling: that one is
-timed on `--rcnn-chips` chips and extrapolated to the scene's chip count, as printed.
+timed on `--rcnn-chips` chips and extrapolated to the scene's chip count, as printed. The
+detector runs in channels_last layout, one chip per batch; `--rcnn-channels-last` gives the
+reference the same layout, for a like-for-like figure beside the issue's default reference.
 """
 
 from __future__ import annotations
@@ -92,12 +94,15 @@ def bench_detector(scene: Path, weights: str | None, threads: int, chip: int) ->
             "peak_rss_mb": round(peak_rss_mb(), 1), "model": entry.name}
 
 
-def bench_rcnn(scene: Path, threads: int, chip: int, overlap: int, n_chips: int) -> dict:
+def bench_rcnn(scene: Path, threads: int, chip: int, overlap: int, n_chips: int,
+               channels_last: bool = False) -> dict:
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval()
+    if channels_last:  # the layout berthwatch's detector runs in, for a like-for-like figure
+        model = model.to(memory_format=torch.channels_last)
     info = open_scene(scene)
     total = len(chip_windows(info.width, info.height, chip, overlap))
     chips = iter_chips(info, chip, overlap, ("B04", "B03", "B02"))
@@ -113,7 +118,7 @@ def bench_rcnn(scene: Path, threads: int, chip: int, overlap: int, n_chips: int)
     mp = info.width * info.height / 1e6
     return {"seconds_per_chip": round(per_chip, 2), "chips": total,
             "seconds_extrapolated": round(seconds, 1), "mp_per_s": round(mp / seconds, 4),
-            "timed_chips": n_chips}
+            "timed_chips": n_chips, "channels_last": channels_last}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,6 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--full-tile", action="store_true", help="10980 x 10980, detector only")
     ap.add_argument("--scene", help="use this scene instead of writing a synthetic one")
     ap.add_argument("--only-detector", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--rcnn-channels-last", action="store_true",
+                    help="run the reference in channels_last layout too (the detector always is)")
     args = ap.parse_args(argv)
     size = 10980 if args.full_tile else args.size
     with tempfile.TemporaryDirectory(prefix="bw-bench-") as tmp:
@@ -146,8 +153,10 @@ def main(argv: list[str] | None = None) -> None:
               f"{ours['peak_rss_mb']} MB ({ours['detections']} detections, {ours['model']})")
         if args.full_tile:
             return
-        ref = bench_rcnn(scene, args.threads, args.chip, args.overlap, args.rcnn_chips)
-        print(f"fasterrcnn_resnet50_fpn: {ref['seconds_per_chip']} s/chip x {ref['chips']} "
+        ref = bench_rcnn(scene, args.threads, args.chip, args.overlap, args.rcnn_chips,
+                         args.rcnn_channels_last)
+        layout = " (channels_last)" if ref["channels_last"] else ""
+        print(f"fasterrcnn_resnet50_fpn{layout}: {ref['seconds_per_chip']} s/chip x {ref['chips']} "
               f"chips = {ref['seconds_extrapolated']} s (extrapolated from {ref['timed_chips']}"
               f" chips) = {ref['mp_per_s']} MP/s")
         ratio = ours["mp_per_s"] / ref["mp_per_s"] if ref["mp_per_s"] else math.inf

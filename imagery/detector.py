@@ -260,7 +260,10 @@ def load_model(
     state = torch.load(path, map_location=device, weights_only=True)
     model = BerthNet(tuple(entry.widths), len(entry.bands))
     model.load_state_dict(state)
-    return fuse_batchnorm(model.eval()).to(device), entry
+    # channels_last: oneDNN's convolutions run ~1.7x faster on a CPU in this layout (same
+    # arithmetic; measured on 4 x 512^2 chips, 1.18 s -> 0.68 s on 2 threads).
+    model = fuse_batchnorm(model.eval()).to(device, memory_format=torch.channels_last)
+    return model, entry
 
 
 def fuse_batchnorm(model: BerthNet) -> BerthNet:
@@ -355,8 +358,9 @@ def _run_batch(model: BerthNet, arrays: list[np.ndarray], present: torch.Tensor,
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     device = next(iter(model.parameters()), torch.empty(0)).device
-    out = model(x.to(device), present.expand(x.shape[0], -1).to(device))
-    return out.float().cpu()
+    x = x.to(device).contiguous(memory_format=torch.channels_last)
+    out = model(x, present.expand(x.shape[0], -1).to(device))
+    return out.float().cpu().contiguous()
 
 
 def water_mask(chip_array: np.ndarray, scl: np.ndarray | None) -> np.ndarray:
@@ -476,14 +480,16 @@ def detect(
     threshold: float,
     chip_size: int = 512,
     overlap: int | None = None,
-    batch_size: int = 4,
+    batch_size: int = 1,
     pixel_range: tuple[float, float] = PIXEL_RANGE_M,
     progress: bool = False,
     box_fraction: float = 0.0,
     kernel: int = 3,
 ) -> list[Detection]:
     """Run the model chip by chip over a scene; memory is bounded by one batch of chips.
-    `overlap` defaults to chip_size / 8 (64 px: 32 px of context each side of a seam)."""
+    `overlap` defaults to chip_size / 8 (64 px: 32 px of context each side of a seam).
+    Batches of one chip are the fastest on a CPU (1.56 against 1.34 MP/s for batches of four
+    512 px chips: one chip's activations stay in cache); a GPU wants larger ones."""
     if chip_size % 8 or chip_size < 32:
         raise DetectorError(f"chip_size {chip_size} must be a multiple of 8, at least 32")
     overlap = chip_size // 8 if overlap is None else overlap
@@ -659,7 +665,7 @@ def detect_scene(
     weights: str | os.PathLike | None = None,
     threads: int = 2,
     chip_size: int = 512,
-    batch_size: int = 4,
+    batch_size: int = 1,
     progress: bool = True,
 ) -> dict:
     """Detect vessels in a scene and write GeoJSON (and CSV). `port` is a Port, a port name or

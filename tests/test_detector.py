@@ -163,6 +163,24 @@ def test_no_duplicates_across_seams(tmp_path):
         assert min(math.hypot(d.px_x - v[0], d.px_y - v[1]) for d in found) < 2.5
 
 
+def test_batching_and_memory_layout_do_not_change_detections(tiny_weights, tmp_path):
+    # For CPU speed load_model returns a channels_last model and detect() runs batches of one
+    # chip: the outputs must be those of plain (contiguous) layout and of larger batches.
+    fast, _ = load_model(tiny_weights)
+    plain, _ = load_model(tiny_weights)
+    plain = plain.to(memory_format=torch.contiguous_format)
+    assert next(fast.parameters()).is_contiguous(memory_format=torch.channels_last)
+    x, present = torch.rand(2, 5, 64, 64) * 0.3, torch.ones(2, 5, dtype=torch.bool)
+    with torch.inference_mode():
+        expected = plain(x, present)
+        got = fast(x.contiguous(memory_format=torch.channels_last), present)
+    assert torch.allclose(got, expected, atol=1e-4)
+    info = open_scene(make_labelled(tmp_path / "layout", seed=7, size=160) / "scene.tif")
+    runs = [detect(info, fast, 0.2, chip_size=64, batch_size=b) for b in (1, 3)]
+    assert len(runs[0]) >= 3 and len(runs[0]) == len(runs[1])
+    for a, b in zip(*runs, strict=True):
+        assert (a.px_x, a.px_y) == (b.px_x, b.px_y) and a.score == pytest.approx(b.score, abs=1e-4)
+
 def test_detect_shared_scene_geojson(tiny_weights, tmp_path):
     scene = SHARED / "sen2ships" / "honolulu" / "scene.tif"
     if not scene.exists():

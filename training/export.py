@@ -85,9 +85,17 @@ def calibrate(
 ) -> dict:
     """Choose the operating threshold that maximises pooled leave-ports-out F1 (each port
     scored by the fold model that never saw it), store it with the metrics in the weights'
-    metadata and its folds', and write the model card. Returns the evaluation result."""
+    metadata and its folds', and write the model card. Returns the evaluation result.
+    Also scores the model itself on all of `data_dirs` (in-sample: a check of fit)."""
     from imagery.detector import get_weights
-    from training.evaluate import SWEEP, fold_models, predict_all, score_predictions
+    from training.evaluate import (
+        SWEEP,
+        evaluate,
+        fold_models,
+        length_agreement,
+        predict_all,
+        score_predictions,
+    )
 
     raw, entry, skipped = predict_all(data_dirs, weights, leave_ports_out=True,
                                       progress=progress, box_fraction=0.0)
@@ -110,11 +118,17 @@ def calibrate(
                             "box_sweep_best_f1": {str(b): v[1] for b, v in table.items()},
                             "pooled": result["pooled"],
                             "ports": result["ports"], "sweep_f1": {str(t): f for t, f in
-                                                                   sweep.items()}},
+                                                                   sweep.items()},
+                            "length_m": length_agreement(preds, threshold)},
         "skipped_ports": skipped,
     }
     decode = {"threshold": threshold, "box_fraction": best_key}
     update_metadata(entry.path.with_suffix(".json"), metrics=metrics, **decode)
+    own = evaluate(data_dirs, weights, progress=progress)  # now with the decoding chosen above
+    metrics["in_sample"] = {"threshold": threshold, "pooled": own["pooled"],
+                            "ports": own["ports"], "sweep_f1": own["sweep"],
+                            "length_m": own["length_m"]}
+    update_metadata(entry.path.with_suffix(".json"), metrics=metrics)
     for fold in fold_models(entry):
         update_metadata(fold.path.with_suffix(".json"), **decode)
     entry = get_weights(entry.path)

@@ -38,7 +38,7 @@ FOLDS: tuple[tuple[str, ...], ...] = (
 
 @dataclass
 class Recipe:
-    steps: int = 1800  # the shipped model's; its loss was still falling there
+    steps: int = 2400  # the shipped model's; 1800 under-fitted (in-sample F1 0.65)
     batch: int = 12
     lr: float = 3e-3
     weight_decay: float = 1e-4
@@ -112,7 +112,8 @@ def fit(
     torch.manual_seed(recipe.seed)
     rng = np.random.default_rng(recipe.seed)
     dev = _device(device)
-    model = BerthNet(recipe.widths).to(dev)
+    # channels_last: oneDNN convolutions train ~1.3x faster per step on a CPU in this layout.
+    model = BerthNet(recipe.widths).to(dev, memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     bar = tqdm(range(recipe.steps), desc=desc, disable=not progress, mininterval=5)
     running = {}
@@ -120,6 +121,7 @@ def fit(
     for step in bar:
         batch = sample_batch(rng, scenes, recipe.batch, recipe.crop)
         batch = {k: v.to(dev) for k, v in batch.items()}
+        batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, recipe)
         parts = losses(model(batch["image"], batch["present"]), batch, recipe)
