@@ -181,6 +181,7 @@ def test_batching_and_memory_layout_do_not_change_detections(tiny_weights, tmp_p
     for a, b in zip(*runs, strict=True):
         assert (a.px_x, a.px_y) == (b.px_x, b.px_y) and a.score == pytest.approx(b.score, abs=1e-4)
 
+
 def test_detect_shared_scene_geojson(tiny_weights, tmp_path):
     scene = SHARED / "sen2ships" / "honolulu" / "scene.tif"
     if not scene.exists():

@@ -152,6 +152,7 @@ def test_evaluate_reproduces_the_model_cards_leave_ports_out_metrics(shared_data
         assert {k: result["ports"][port][k] for k in ("tp", "fp", "fn")} == \
             {k: row[k] for k in ("tp", "fp", "fn")}, port
     assert result["pooled"] == recorded["pooled"]
+    assert result["length_m"] == recorded["length_m"]
     card = (entry.path.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert f"**{recorded['pooled']['f1']:.3f}**" in card and entry.sha256 in card
 
@@ -165,3 +166,22 @@ def test_default_recipe_is_the_shipped_models():
     shipped = get_weights().recipe
     for key, value in json.loads(json.dumps(asdict(Recipe()))).items():
         assert shipped[key] == value, key
+
+
+def test_card_keeps_benchmark_figures_across_rewrites(tmp_path):
+    """`export --speed` stores the figures in the metadata, in their order, so a later card
+    rewrite (as after recalibration) keeps them instead of dropping the Speed section."""
+    import shutil
+
+    from training.export import main as export_main
+
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    for suffix in (".pt", ".json"):
+        shutil.copy(weights / f"berthnet-s2{suffix}", tmp_path)
+    speed = tmp_path / "speed.json"
+    speed.write_text(json.dumps({"zeta run": "2 MP/s", "alpha run": "1 MP/s"}))
+    model = str(tmp_path / "berthnet-s2.pt")
+    export_main(["--weights", model, "--card-only", "--speed", str(speed)])
+    export_main(["--weights", model, "--card-only"])
+    card = (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "- zeta run: 2 MP/s\n- alpha run: 1 MP/s" in card

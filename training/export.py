@@ -123,8 +123,8 @@ def calibrate(
         "skipped_ports": skipped,
     }
     decode = {"threshold": threshold, "box_fraction": best_key}
-    update_metadata(entry.path.with_suffix(".json"), metrics=metrics, **decode)
-    own = evaluate(data_dirs, weights, progress=progress)  # now with the decoding chosen above
+    update_metadata(entry.path.with_suffix(".json"), **decode)
+    own = evaluate(data_dirs, weights, progress=progress)  # reads the decoding just stored
     metrics["in_sample"] = {"threshold": threshold, "pooled": own["pooled"],
                             "ports": own["ports"], "sweep_f1": own["sweep"],
                             "length_m": own["length_m"]}
@@ -137,10 +137,12 @@ def calibrate(
     return {**result, "threshold": threshold, "box_fraction": best_key, "sweep": sweep}
 
 
-def write_model_card(entry: WeightsEntry, path: Path, speed: dict | None = None) -> None:
-    """MODEL_CARD.md from the weights' metadata (and benchmark figures when given)."""
+def write_model_card(entry: WeightsEntry, path: Path) -> None:
+    """MODEL_CARD.md from the weights' metadata, its free-text `card_notes` and `card_speed`
+    included (kept there, so that recalibrating never drops them from the card)."""
     from imagery.detector import BerthNet
 
+    meta = json.loads(entry.path.with_suffix(".json").read_text(encoding="utf-8"))
     lpo = entry.metrics.get("leave_ports_out", {})
     recipe = dict(entry.recipe)
     crop = recipe.pop("crop", {})
@@ -171,8 +173,8 @@ def write_model_card(entry: WeightsEntry, path: Path, speed: dict | None = None)
         table=table,
         in_sample=in_sample_text,
         sweep=sweep_line or "(not measured)",
-        speed=_speed_text(speed),
-        notes=_notes(entry),
+        speed=_speed_text(meta.get("card_speed")),
+        notes=_notes(meta.get("card_notes")),
     )
     path.write_text(text, encoding="utf-8")
 
@@ -191,18 +193,16 @@ def _table(ports: dict, pooled: dict | None) -> str:
     return head + "\n" + ("\n".join(rows) if rows else "| (not measured) |")
 
 
-def _notes(entry: WeightsEntry) -> str:
+def _notes(notes: list[str] | None) -> str:
     """Free-text validation notes (`card_notes` in the metadata json), e.g. for a model
     whose fold models were not trained."""
-    meta = json.loads(entry.path.with_suffix(".json").read_text(encoding="utf-8"))
-    notes = meta.get("card_notes") or []
     return "\n".join(f"- {n}" for n in notes) if notes else "None."
 
 
-def _speed_text(speed: dict | None) -> str:
-    if not speed:
+def _speed_text(lines: list[str] | None) -> str:
+    if not lines:
         return "See `benchmarks/detect_bench.py`; figures in the issue's closing note."
-    return "\n".join(f"- {k}: {v}" for k, v in speed.items())
+    return "\n".join(f"- {line}" for line in lines)
 
 
 CARD_TEMPLATE = """# Model card: {name}
@@ -304,17 +304,22 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weights", required=True, help="the default model's .pt (folds/ beside)")
     ap.add_argument("--card", default=None, help="model card path (default: beside weights)")
     ap.add_argument("--card-only", action="store_true")
-    ap.add_argument("--speed", help="JSON file of benchmark figures to put in the card")
+    ap.add_argument("--speed", help="JSON file of benchmark figures (label: text) to store in "
+                    "the metadata as `card_speed` and show in the card")
     args = ap.parse_args(argv)
     card = Path(args.card or Path(args.weights).parent / "MODEL_CARD.md")
-    speed = json.loads(Path(args.speed).read_text()) if args.speed else None
     if not args.card_only:
         if not args.data:
             ap.error("--data is needed to calibrate")
         result = calibrate(args.data, args.weights, None)
         result.update(weights=Path(args.weights).stem, tolerance_m=20.0, leave_ports_out=True)
         print(format_table(result))
-    write_model_card(get_weights(args.weights), card, speed)
+    if args.speed:
+        speed = json.loads(Path(args.speed).read_text(encoding="utf-8"))
+        # A list of lines, not a dict: the metadata is written with sorted keys.
+        update_metadata(Path(args.weights).with_suffix(".json"),
+                        card_speed=[f"{k}: {v}" for k, v in speed.items()])
+    write_model_card(get_weights(args.weights), card)
     print(f"wrote {card}")
 
 
