@@ -157,7 +157,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     try:
         collection = detect_scene(args.scene, args.out, port=port, csv_path=args.csv,
                                   threshold=args.threshold, weights=args.weights,
-                                  threads=args.threads)
+                                  threads=args.threads, min_length_m=args.min_length_m)
     except DetectorError as exc:
         raise UserError(str(exc)) from None
     top = collection["properties"]
@@ -461,6 +461,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="detections GeoJSON to write")
     p.add_argument("--csv", help="also write the detections as CSV")
     p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
+    p.add_argument("--min-length-m", type=float, metavar="M",
+                   help="drop vessels estimated shorter than M metres (default: the model's; "
+                        "0 keeps small boats)")
     p.add_argument("--weights", help="weights name or .pt file (default: the shipped model)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     for name, handler, text in (

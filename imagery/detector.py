@@ -163,6 +163,9 @@ class WeightsEntry:
     threshold: float = 0.5
     nms_kernel: int = 3  # peak = max of its kernel x kernel neighbourhood
     box_fraction: float = 0.8  # drop peaks inside a stronger vessel's hull shrunk to this
+    # Drop vessels estimated shorter than this: the training labels (sen2ships) leave most
+    # boats under ~70 m out, so the model's short detections are mostly what they call noise.
+    min_length_m: float = 0.0
     metrics: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)
     params: int = 0
@@ -485,6 +488,7 @@ def detect(
     progress: bool = False,
     box_fraction: float = 0.0,
     kernel: int = 3,
+    min_length_m: float = 0.0,
 ) -> list[Detection]:
     """Run the model chip by chip over a scene; memory is bounded by one batch of chips.
     `overlap` defaults to chip_size / 8 (64 px: 32 px of context each side of a seam).
@@ -492,6 +496,8 @@ def detect(
     512 px chips: one chip's activations stay in cache); a GPU wants larger ones."""
     if chip_size % 8 or chip_size < 32:
         raise DetectorError(f"chip_size {chip_size} must be a multiple of 8, at least 32")
+    if not (math.isfinite(min_length_m) and min_length_m >= 0):
+        raise DetectorError(f"min_length_m {min_length_m} must be a length in metres >= 0")
     overlap = chip_size // 8 if overlap is None else overlap
     native_chip, native_overlap, scale = _chip_plan(info, chip_size, overlap, pixel_range)
     present = torch.tensor([[b in info.bands for b in SCENE_BANDS]])
@@ -509,7 +515,10 @@ def detect(
     # pixel between two chips' views of a seam; 1.5 model px is well below vessel spacing.
     found = suppress(found, info.pixel_size_m, 1.5 * scale)
     # The hull pass runs on its own so that evaluation can replay it on stored candidates.
-    return suppress(found, info.pixel_size_m, 0.0, box_fraction) if box_fraction else found
+    if box_fraction:
+        found = suppress(found, info.pixel_size_m, 0.0, box_fraction)
+    # After the hull pass: a short fragment of a long hull still helps suppress its neighbours.
+    return [d for d in found if d.length_m >= min_length_m] if min_length_m else found
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -560,6 +569,7 @@ def feature_collection(
     entry: WeightsEntry,
     threshold: float,
     port=None,
+    min_length_m: float = 0.0,
 ) -> dict:
     """The design.md GeoJSON: WGS84 points with per-vessel and per-zone properties."""
     features = []
@@ -590,6 +600,7 @@ def feature_collection(
         "model": entry.name,
         "weights_sha256": entry.sha256,
         "threshold": threshold,
+        "min_length_m": min_length_m,
         "count": len(detections),
         "zones": zones,
         "simulated": info.simulated,
@@ -645,7 +656,7 @@ def check_reflectance_scale(info: SceneInfo) -> None:
 def decode_options(entry: WeightsEntry) -> dict:
     """The detect() keyword arguments a weights entry fixes."""
     return {"pixel_range": entry.pixel_range_m, "box_fraction": entry.box_fraction,
-            "kernel": entry.nms_kernel}
+            "kernel": entry.nms_kernel, "min_length_m": entry.min_length_m}
 
 
 def _resolve_port(port):
@@ -667,9 +678,11 @@ def detect_scene(
     chip_size: int = 512,
     batch_size: int = 1,
     progress: bool = True,
+    min_length_m: float | None = None,
 ) -> dict:
     """Detect vessels in a scene and write GeoJSON (and CSV). `port` is a Port, a port name or
-    None. Returns the FeatureCollection (its `properties` are the summary)."""
+    None; `threshold` and `min_length_m` default to the weights'. Returns the
+    FeatureCollection (its `properties` are the summary)."""
     torch.set_num_threads(threads)
     model, entry = load_model(weights)
     info = open_scene(scene_path, require_bands=None)
@@ -684,14 +697,18 @@ def detect_scene(
         threshold = entry.threshold
     if not 0.0 < threshold < 1.0:
         raise DetectorError(f"threshold {threshold} must be between 0 and 1")
+    options = decode_options(entry)
+    if min_length_m is not None:
+        options["min_length_m"] = min_length_m
     port = _resolve_port(port)
     found = detect(info, model, threshold, chip_size=chip_size, batch_size=batch_size,
-                   progress=progress, **decode_options(entry))
+                   progress=progress, **options)
     _to_wgs84(info, found)
     if port is not None:
         for d in found:
             d.zone = port.zone_at(d.lon, d.lat)
-    collection = feature_collection(info, found, entry, threshold, port)
+    collection = feature_collection(info, found, entry, threshold, port,
+                                    options["min_length_m"])
     if out_geojson is not None:
         _write_json(collection, out_geojson)
     if csv_path is not None:

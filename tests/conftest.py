@@ -43,7 +43,7 @@ def tiny_weights(simulated_labelled, tmp_path_factory) -> Path:
 
     # One thread: two OpenMP threads on tiny tensors spin badly on a busy 2-core machine.
     torch.set_num_threads(1)
-    recipe = Recipe(steps=60, batch=4, widths=(8, 8, 16, 16), warmup=5, lr=1e-2,
+    recipe = Recipe(steps=60, mine_steps=0, batch=4, widths=(8, 8, 16, 16), warmup=5, lr=1e-2,
                     crop=CropConfig(size=64))
     model = fit(load_labelled([simulated_labelled]), recipe, progress=False)
     out = tmp_path_factory.mktemp("weights") / "tiny-test.pt"

@@ -86,7 +86,7 @@ def make_labelled(folder: Path, seed: int, size: int = 128, n: int = 6, land: bo
     return folder
 
 
-TINY = Recipe(steps=100, batch=6, lr=1e-2, warmup=10, widths=(8, 8, 16, 16),
+TINY = Recipe(steps=100, mine_steps=30, batch=6, lr=1e-2, warmup=10, widths=(8, 8, 16, 16),
               crop=CropConfig(size=48, p_ship=0.7))
 
 
@@ -253,6 +253,27 @@ def test_bad_inputs_get_clear_errors(tiny_weights, tmp_path):
     with pytest.raises(DetectorError, match="threshold"):
         detect_scene(good / "scene.tif", weights=tiny_weights, threshold=1.5, threads=1,
                      progress=False)
+    with pytest.raises(DetectorError, match="min_length_m -5"):
+        detect_scene(good / "scene.tif", weights=tiny_weights, min_length_m=-5, threads=1,
+                     progress=False)
+
+
+def test_min_length_drops_short_vessels_only(tiny_weights, tmp_path):
+    """The length filter keeps exactly the detections estimated at or above the minimum, and
+    the collection says which minimum it used."""
+    folder = make_labelled(tmp_path / "l", seed=42)
+    common = dict(weights=tiny_weights, threshold=0.2, chip_size=64, threads=1, progress=False)
+    everything = detect_scene(folder / "scene.tif", min_length_m=0, **common)
+    lengths = sorted(f["properties"]["length_m"] for f in everything["features"])
+    assert len(set(lengths)) >= 3
+    distinct = sorted(set(lengths))  # cut halfway between two: the GeoJSON rounds lengths
+    mid = len(distinct) // 2
+    cut = (distinct[mid - 1] + distinct[mid]) / 2
+    kept = detect_scene(folder / "scene.tif", min_length_m=cut, **common)
+    assert sorted(f["properties"]["length_m"] for f in kept["features"]) == \
+        [v for v in lengths if v >= cut]
+    assert kept["properties"]["min_length_m"] == cut
+    assert everything["properties"]["min_length_m"] == 0
 
 
 def test_berthed_flag_uses_land_distance(tmp_path):

@@ -476,7 +476,8 @@ def test_tiny_model_trains_on_exported_chips(client, demo, tmp_path):
 
     _review_for_training(client, demo)
     export_chips(demo.ws, tmp_path / "chips")
-    recipe = Recipe(steps=3, batch=2, widths=(4, 8, 8, 8), warmup=1, crop=CropConfig(size=64))
+    recipe = Recipe(steps=3, mine_steps=0, batch=2, widths=(4, 8, 8, 8), warmup=1,
+                    crop=CropConfig(size=64))
     entry = train([tmp_path / "chips"], tmp_path / "weights" / "review-tiny", recipe,
                   threads=1, progress=False)
     assert Path(entry.path).is_file() and len(entry.sha256) == 64

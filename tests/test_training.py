@@ -3,6 +3,7 @@ training is reproducible."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import subprocess
@@ -18,6 +19,7 @@ try:  # tests/ is on sys.path under pytest's default (prepend) import mode
     from test_detector import make_labelled
 except ImportError:  # tests/ as a package
     from tests.test_detector import make_labelled
+from imagery.detector import BerthNet
 from training.chips import CropConfig, load_labelled_scene, sample_batch
 from training.evaluate import (
     PortPrediction,
@@ -127,7 +129,8 @@ def test_crops_keep_labels_on_vessels(tmp_path):
 
 def test_training_is_reproducible(tmp_path):
     scene = load_labelled_scene(make_labelled(tmp_path / "s", seed=2, size=64))
-    recipe = Recipe(steps=3, batch=2, widths=(4, 4, 8, 8), crop=CropConfig(size=32))
+    recipe = Recipe(steps=3, mine_steps=2, mine_threshold=0.0, batch=2, widths=(4, 4, 8, 8),
+                    crop=CropConfig(size=32))
     torch.set_num_threads(1)
     a, b = (fit([scene], recipe, progress=False) for _ in range(2))
     for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
@@ -155,6 +158,12 @@ def test_evaluate_reproduces_the_model_cards_leave_ports_out_metrics(shared_data
     assert result["length_m"] == recorded["length_m"]
     card = (entry.path.parent / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert f"**{recorded['pooled']['f1']:.3f}**" in card and entry.sha256 in card
+    option = recorded["length_filter"]  # the ships-only operating point the card offers
+    ships = evaluate([shared_data / "sen2ships"], leave_ports_out=True, threads=1,
+                     progress=False, threshold=option["threshold"],
+                     min_length_m=option["min_length_m"])
+    assert ships["pooled"] == option["pooled"]
+    assert f"--min-length-m {option['min_length_m']:g} --threshold {option['threshold']}" in card
 
 
 def test_default_recipe_is_the_shipped_models():
@@ -185,3 +194,47 @@ def test_card_keeps_benchmark_figures_across_rewrites(tmp_path):
     export_main(["--weights", model, "--card-only"])
     card = (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "- zeta run: 2 MP/s\n- alpha run: 1 MP/s" in card
+
+
+def test_mined_negatives_lie_away_from_every_labelled_vessel(tmp_path):
+    """Hard-negative mining keeps only the model's peaks farther than the scoring tolerance
+    from the labelled outlines, and adds them to the scene's negatives."""
+    from training.train import mine_negatives
+
+    scene = load_labelled_scene(make_labelled(tmp_path / "s", seed=4, size=96))
+    torch.manual_seed(0)
+    model = BerthNet((4, 4, 8, 8)).eval()  # untrained: peaks everywhere at threshold 0
+    before = len(scene.negatives)
+    added = mine_negatives(model, [scene], threshold=0.0)
+    assert added > 0 and len(scene.negatives) == before + added
+    mask = scene.mask[0, 0].numpy() > 0.5
+    rows, cols = np.nonzero(mask)
+    radius_px = 20.0 / scene.pixel_m
+    for x, y in scene.negatives:
+        gap = np.hypot(cols + 0.5 - x, rows + 0.5 - y).min()
+        assert gap > radius_px, (x, y, gap)
+
+
+def test_fit_from_init_runs_only_the_mining_stage(tmp_path):
+    """`--init`: the first stage is skipped (the model is the init one when mining is off),
+    and with mining on, the init model is fine-tuned, not replaced by a fresh one."""
+    scene = load_labelled_scene(make_labelled(tmp_path / "s", seed=2, size=64))
+    torch.set_num_threads(1)
+    recipe = Recipe(steps=3, mine_steps=0, batch=2, widths=(4, 4, 8, 8), crop=CropConfig(size=32))
+    first = fit([scene], recipe, progress=False)
+    start = {k: v.clone() for k, v in first.state_dict().items()}
+    same = fit([scene], recipe, progress=False, init=first)
+    assert all(torch.equal(start[k], v) for k, v in same.state_dict().items())
+    recipe.mine_steps, recipe.mine_threshold = 2, 0.0
+    stats: dict = {}
+    tuned = fit([scene], recipe, progress=False, init=copy.deepcopy(first), stats=stats)
+    assert stats["mined_negatives"] > 0 and len(scene.negatives) == 0  # the caller's untouched
+    assert any(not torch.equal(start[k], v) for k, v in tuned.state_dict().items()
+               if v.is_floating_point())
+
+
+def test_init_paths_follow_the_weights_layout():
+    from training.train import fold_path
+
+    assert fold_path("weights/berthnet-s2", 3) == Path("weights/folds/berthnet-s2-fold3.pt")
+    assert fold_path("w/x.pt", 0) == Path("w/folds/x-fold0.pt")

@@ -144,12 +144,15 @@ def _ship_outlines(folder: Path) -> list:
 def predict_folder(
     folder: Path, model: BerthNet, entry: WeightsEntry, threshold: float,
     box_fraction: float | None = None,
+    min_length_m: float | None = None,
 ) -> tuple[list[Detection], float]:
     """Detections (with lon/lat) in one labelled folder, and the scene's ground pixel size."""
     info = open_scene(folder / "scene.tif", require_bands=None)
     options = decode_options(entry)
     if box_fraction is not None:
         options["box_fraction"] = box_fraction
+    if min_length_m is not None:
+        options["min_length_m"] = min_length_m
     found = detect(info, model, threshold, **options)
     _to_wgs84(info, found)
     return found, info.pixel_size_m
@@ -184,9 +187,11 @@ def predict_all(
     min_threshold: float = SWEEP[0],
     progress: bool = True,
     box_fraction: float | None = None,
+    min_length_m: float | None = None,
 ) -> tuple[list[PortPrediction], WeightsEntry, list[str]]:
     """Detections for every labelled folder at `min_threshold` (to sweep thresholds later);
-    `box_fraction` overrides the weights' hull suppression (0: keep every peak)."""
+    `box_fraction` and `min_length_m` override the weights' hull suppression and length
+    filter (0: keep every peak)."""
     main_entry = get_weights(weights)
     folders = find_scene_dirs(data_dirs)
     if leave_ports_out:
@@ -200,7 +205,8 @@ def predict_all(
             skipped.append(folder.name)
             continue
         model, _ = load_model(owner.path)
-        found, pixel_m = predict_folder(folder, model, owner, min_threshold, box_fraction)
+        found, pixel_m = predict_folder(folder, model, owner, min_threshold, box_fraction,
+                                        min_length_m)
         preds.append(PortPrediction(folder.name, _ship_outlines(folder), found, owner.name,
                                     pixel_m))
         if progress:
@@ -227,17 +233,21 @@ def evaluate(
     threshold: float | None = None,
     threads: int = 2,
     progress: bool = True,
+    min_length_m: float | None = None,
 ) -> dict:
     """Per-port and pooled precision/recall/F1 and count error at the operating threshold
-    (the weights' own unless given), plus the pooled F1 over a threshold sweep."""
+    (the weights' own unless given), plus the pooled F1 over a threshold sweep.
+    `min_length_m` overrides the weights' minimum estimated length."""
     torch.set_num_threads(threads)
-    preds, entry, skipped = predict_all(data_dirs, weights, leave_ports_out, progress=progress)
+    preds, entry, skipped = predict_all(data_dirs, weights, leave_ports_out, progress=progress,
+                                        min_length_m=min_length_m)
     op = entry.threshold if threshold is None else threshold
     result = score_predictions(preds, op)
     result.update(
         weights=entry.name,
         weights_sha256=entry.sha256,
         threshold=op,
+        min_length_m=entry.min_length_m if min_length_m is None else min_length_m,
         leave_ports_out=leave_ports_out,
         tolerance_m=TOLERANCE_M,
         skipped_ports=skipped,
@@ -263,6 +273,7 @@ def format_table(result: dict) -> str:
         )
     mode = "leave-ports-out" if result.get("leave_ports_out") else "direct"
     lines.append(f"weights {result['weights']} ({mode}), threshold {result['threshold']}, "
+                 f"minimum length {result.get('min_length_m') or 0:g} m, "
                  f"match tolerance {result['tolerance_m']:g} m")
     length = result.get("length_m") or {}
     if length.get("pairs"):
@@ -282,6 +293,8 @@ def add_arguments(ap) -> None:
     ap.add_argument("--leave-ports-out", action="store_true",
                     help="score each port with the fold model that never saw it")
     ap.add_argument("--threshold", type=float, help="score threshold (default: the weights')")
+    ap.add_argument("--min-length-m", type=float, metavar="M",
+                    help="drop vessels estimated shorter than M metres (default: the weights')")
     ap.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
 
@@ -289,7 +302,7 @@ def add_arguments(ap) -> None:
 def run(args) -> dict:
     """Carry out `berthwatch evaluate`: the table on stdout, JSON on request."""
     result = evaluate(args.data, args.weights, args.leave_ports_out, args.threshold,
-                      threads=args.threads)
+                      threads=args.threads, min_length_m=args.min_length_m)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
