@@ -86,8 +86,8 @@ def make_labelled(folder: Path, seed: int, size: int = 128, n: int = 6, land: bo
     return folder
 
 
-TINY = Recipe(steps=100, mine_steps=30, batch=6, lr=1e-2, warmup=10, widths=(8, 8, 16, 16),
-              crop=CropConfig(size=48, p_ship=0.7))
+TINY = Recipe(steps=100, batch=6, lr=1e-2, warmup=10, widths=(8, 8, 16, 16),
+              crop=CropConfig(size=48, p_ship=0.7), mine_steps=30, mine_crop=48, mine_batch=6)
 
 
 @pytest.fixture(scope="module")

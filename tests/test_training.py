@@ -129,8 +129,8 @@ def test_crops_keep_labels_on_vessels(tmp_path):
 
 def test_training_is_reproducible(tmp_path):
     scene = load_labelled_scene(make_labelled(tmp_path / "s", seed=2, size=64))
-    recipe = Recipe(steps=3, mine_steps=2, mine_threshold=0.0, batch=2, widths=(4, 4, 8, 8),
-                    crop=CropConfig(size=32))
+    recipe = Recipe(steps=3, mine_steps=2, mine_threshold=0.0, mine_crop=32, mine_batch=2,
+                    batch=2, widths=(4, 4, 8, 8), crop=CropConfig(size=32))
     torch.set_num_threads(1)
     a, b = (fit([scene], recipe, progress=False) for _ in range(2))
     for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
@@ -225,7 +225,7 @@ def test_fit_from_init_runs_only_the_mining_stage(tmp_path):
     start = {k: v.clone() for k, v in first.state_dict().items()}
     same = fit([scene], recipe, progress=False, init=first)
     assert all(torch.equal(start[k], v) for k, v in same.state_dict().items())
-    recipe.mine_steps, recipe.mine_threshold = 2, 0.0
+    recipe.mine_steps, recipe.mine_threshold, recipe.mine_crop, recipe.mine_batch = 2, 0.0, 32, 2
     stats: dict = {}
     tuned = fit([scene], recipe, progress=False, init=copy.deepcopy(first), stats=stats)
     assert stats["mined_negatives"] > 0 and len(scene.negatives) == 0  # the caller's untouched
@@ -238,3 +238,26 @@ def test_init_paths_follow_the_weights_layout():
 
     assert fold_path("weights/berthnet-s2", 3) == Path("weights/folds/berthnet-s2-fold3.pt")
     assert fold_path("w/x.pt", 0) == Path("w/folds/x-fold0.pt")
+
+
+def test_mining_stage_samples_its_own_crops(tmp_path, monkeypatch):
+    """The first stage samples `batch` crops of `crop.size`; the mining stage `mine_batch`
+    crops of `mine_crop` px with `mine_p_negative` of them around the mined points."""
+    import training.train as train_module
+
+    seen = []
+    real = train_module.sample_batch
+
+    def spy(rng, scenes, batch, cfg):
+        seen.append((batch, cfg.size, cfg.p_negative, sum(len(s.negatives) for s in scenes)))
+        return real(rng, scenes, batch, cfg)
+
+    monkeypatch.setattr(train_module, "sample_batch", spy)
+    scene = load_labelled_scene(make_labelled(tmp_path / "s", seed=2, size=64))
+    torch.set_num_threads(1)
+    recipe = Recipe(steps=2, batch=2, widths=(4, 4, 8, 8), crop=CropConfig(size=32),
+                    mine_steps=2, mine_threshold=0.0, mine_crop=48, mine_batch=3,
+                    mine_p_negative=0.4)
+    fit([scene], recipe, progress=False)
+    assert seen[:2] == [(2, 32, 0.1, 0)] * 2
+    assert [s[:3] for s in seen[2:]] == [(3, 48, 0.4)] * 2 and seen[2][3] > 0
