@@ -197,8 +197,9 @@ def test_card_keeps_benchmark_figures_across_rewrites(tmp_path):
 
 
 def test_mined_negatives_lie_away_from_every_labelled_vessel(tmp_path):
-    """Hard-negative mining keeps only the model's peaks farther than the scoring tolerance
-    from the labelled outlines, and adds them to the scene's negatives."""
+    """Hard-negative mining keeps only the model's peaks outside the labelled outlines grown
+    by the scoring tolerance (20 m = 2 px, 4-connected: more than 2 steps away), and adds
+    them to the scene's negatives."""
     from training.train import mine_negatives
 
     scene = load_labelled_scene(make_labelled(tmp_path / "s", seed=4, size=96))
@@ -209,10 +210,10 @@ def test_mined_negatives_lie_away_from_every_labelled_vessel(tmp_path):
     assert added > 0 and len(scene.negatives) == before + added
     mask = scene.mask[0, 0].numpy() > 0.5
     rows, cols = np.nonzero(mask)
-    radius_px = 20.0 / scene.pixel_m
+    radius_px = math.ceil(20.0 / scene.pixel_m)
     for x, y in scene.negatives:
-        gap = np.hypot(cols + 0.5 - x, rows + 0.5 - y).min()
-        assert gap > radius_px, (x, y, gap)
+        steps = (np.abs(rows - int(y)) + np.abs(cols - int(x))).min()
+        assert steps > radius_px, (x, y, steps)
 
 
 def test_fit_from_init_runs_only_the_mining_stage(tmp_path):

@@ -17,7 +17,7 @@ from imagery.detector import BerthNet, WeightsEntry, file_sha256, suppress
 
 BOX_FRACTIONS = (0.0, 0.5, 0.7, 0.9, 1.1)
 # Minimum estimated lengths tried: the labels' 5th percentile is ~70 m and the model's lengths
-# run ~15 m short, so the useful cut lies below 100 m.
+# run 5-15 m short, so the useful cut lies below 100 m.
 MIN_LENGTHS_M = (0.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0)
 
 
@@ -92,7 +92,6 @@ def calibrate(
     Also scores the model itself on all of `data_dirs` (in-sample: a check of fit)."""
     from imagery.detector import get_weights
     from training.evaluate import (
-        SWEEP,
         evaluate,
         fold_models,
         length_agreement,
@@ -103,21 +102,12 @@ def calibrate(
     raw, entry, skipped = predict_all(data_dirs, weights, leave_ports_out=True,
                                       progress=progress, box_fraction=0.0,
                                       min_length_m=0.0)
-
-    def best_threshold(preds: list) -> tuple[float, float, dict]:
-        """Among thresholds within 0.005 of the best F1, the median one: a plateau's middle
-        is steadier on new ports than its edge. Returns (threshold, best F1, sweep)."""
-        sweep = {t: score_predictions(preds, t)["pooled"]["f1"] for t in SWEEP}
-        top = max(sweep.values())
-        near = sorted(t for t, f in sweep.items() if f >= top - 0.005)
-        return near[len(near) // 2], top, sweep
-
     # The default keeps vessels of every length: berthwatch's targets include small tankers.
     best_box, table = None, {}
     for box in BOX_FRACTIONS:
         preds = [replace(p, detections=suppress(p.detections, p.pixel_m, 0.0, box))
                  if box else p for p in raw]
-        table[box] = (*best_threshold(preds), preds)
+        table[box] = (*_best_threshold(preds), preds)
         if best_box is None or table[box][1] > table[best_box][1] + 1e-9:
             best_box = box
     threshold, _, sweep, preds = table[best_box]
@@ -129,8 +119,7 @@ def calibrate(
                             "ports": result["ports"], "sweep_f1": {str(t): f for t, f in
                                                                    sweep.items()},
                             "length_m": length_agreement(preds, threshold),
-                            "length_filter": _length_filter(preds, best_threshold,
-                                                            score_predictions)},
+                            "length_filter": _length_filter(preds)},
         "skipped_ports": skipped,
     }
     decode = {"threshold": threshold, "box_fraction": best_box, "min_length_m": 0.0}
@@ -148,14 +137,27 @@ def calibrate(
     return {**result, **decode, "sweep": sweep}
 
 
-def _length_filter(preds: list, best_threshold, score_predictions) -> dict:
+def _best_threshold(preds: list) -> tuple[float, float, dict]:
+    """Among thresholds within 0.005 of the best pooled F1, the median one: a plateau's middle
+    is steadier on new ports than its edge. Returns (threshold, best F1, F1 by threshold)."""
+    from training.evaluate import SWEEP, score_predictions
+
+    sweep = {t: score_predictions(preds, t)["pooled"]["f1"] for t in SWEEP}
+    top = max(sweep.values())
+    near = sorted(t for t, f in sweep.items() if f >= top - 0.005)
+    return near[len(near) // 2], top, sweep
+
+
+def _length_filter(preds: list) -> dict:
     """The ships-only option: the minimum estimated length (and its threshold) that gives the
     best pooled F1 on these labels, which leave most boats under ~70 m out."""
+    from training.evaluate import score_predictions
+
     rows = {}
     for min_len in MIN_LENGTHS_M:
         kept = [replace(p, detections=[d for d in p.detections if d.length_m >= min_len])
                 for p in preds]
-        threshold, top, _ = best_threshold(kept)
+        threshold, top, _ = _best_threshold(kept)
         rows[min_len] = (threshold, top, score_predictions(kept, threshold)["pooled"])
     best = max(rows, key=lambda m: (rows[m][1], -m))
     return {"min_length_m": best, "threshold": rows[best][0], "pooled": rows[best][2],

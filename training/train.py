@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from scipy import ndimage
 from tqdm import tqdm
 
-from imagery.detector import BerthNet, WeightsEntry, detect, fuse_batchnorm, load_model
+from imagery.detector import BerthNet, WeightsEntry, detect, fuse_batchnorm, load_state
 from training.chips import CropConfig, LabelledScene, load_labelled, sample_batch
 from training.export import save_weights
 
@@ -157,8 +157,9 @@ def mine_negatives(
     model: BerthNet, scenes: list[LabelledScene], threshold: float, tolerance_m: float = 20.0
 ) -> int:
     """Add the model's own false positives on `scenes` to their negative points: peaks at or
-    above `threshold` farther than `tolerance_m` (the scoring rule's) from every labelled
-    outline. Returns how many were added."""
+    above `threshold` outside every labelled outline grown by ceil(`tolerance_m` / pixel)
+    pixels (the scoring rule's 20 m; grown 4-connected, so a peak diagonal to an outline may
+    be as close as 0.7 of that). Returns how many were added."""
     runner = fuse_batchnorm(copy.deepcopy(model).cpu().eval()).to(
         memory_format=torch.channels_last)
     added = 0
@@ -217,15 +218,6 @@ def fit(
     return model.cpu().eval()
 
 
-def load_trainable(path: str | os.PathLike) -> BerthNet:
-    """A weights file as a trainable model (checked like any weights, BatchNorm kept)."""
-    _, entry = load_model(path)  # sha256 check and metadata
-    state = torch.load(entry.path, map_location="cpu", weights_only=True)
-    model = BerthNet(tuple(entry.widths), len(entry.bands))
-    model.load_state_dict(state)
-    return model
-
-
 def train(
     data_dirs: list[str | os.PathLike],
     out: str | os.PathLike,
@@ -245,16 +237,16 @@ def train(
     scenes = [s for s in load_labelled(data_dirs) if s.name not in holdout_ports]
     if not scenes or not any(s.ships for s in scenes):
         raise ValueError(f"no labelled vessels to train on in {data_dirs}")
-    start_model = load_trainable(init) if init else None
     provenance: dict = {}
+    start_model = None
+    if init:  # what the skipped first stage was, and what it cost
+        start_model, init_entry = load_state(init)
+        provenance["init_sha256"] = init_entry.sha256
+        provenance["init_train_seconds"] = init_entry.recipe.get("train_seconds")
     start = time.perf_counter()
     model = fit(scenes, recipe, device, progress, desc=f"train {Path(out).name}",
                 init=start_model, stats=provenance)
     seconds = time.perf_counter() - start
-    if init:  # what the skipped first stage was, and what it cost
-        init_entry = load_model(init)[1]
-        provenance["init_sha256"] = init_entry.sha256
-        provenance["init_train_seconds"] = init_entry.recipe.get("train_seconds")
     meta = {
         "name": Path(out).stem if Path(out).suffix == ".pt" else Path(out).name,
         "recipe": {
@@ -278,12 +270,13 @@ def train_folds(
     name: str,
     recipe: Recipe | None = None,
     which: list[int] | None = None,
+    init: str | os.PathLike | None = None,
     **kwargs,
 ) -> list[WeightsEntry]:
     """One model per fold of FOLDS (all, or the numbers in `which`), each blind to its
-    fold's ports: `<out_dir>/<name>-fold<k>`."""
+    fold's ports: `<out_dir>/<name>-fold<k>`; with `init`, each starts from its fold's
+    weights beside that stem (`fold_path`)."""
     entries = []
-    init = kwargs.pop("init", None)
     for k in range(len(FOLDS)) if which is None else which:
         if not 0 <= k < len(FOLDS):
             raise ValueError(f"fold {k} does not exist (0-{len(FOLDS) - 1})")
