@@ -2,6 +2,7 @@
 
     python benchmarks/detect_bench.py [--size 4096] [--threads 2] [--rcnn-chips 4]
     python benchmarks/detect_bench.py --full-tile      # 10980 x 10980: seconds and peak RSS
+    python benchmarks/detect_bench.py --tta            # the detector with `detect --tta`
 
 Writes a synthetic 5-band uint16 scene (water, land blobs, bright vessel rectangles) block by
 block, runs `imagery.detector.detect` over it (whole scene, timed) and
@@ -79,19 +80,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: kB
 
 
-def bench_detector(scene: Path, weights: str | None, threads: int, chip: int) -> dict:
+def bench_detector(scene: Path, weights: str | None, threads: int, chip: int,
+                   tta: bool = False) -> dict:
     from imagery.detector import detect, load_model
 
     torch.set_num_threads(threads)
     model, entry = load_model(weights)
     info = open_scene(scene)
     start = time.perf_counter()
-    found = detect(info, model, entry.threshold, chip_size=chip)
+    found = detect(info, model, entry.threshold, chip_size=chip, tta=tta)
     seconds = time.perf_counter() - start
     mp = info.width * info.height / 1e6
     return {"seconds": round(seconds, 2), "megapixels": round(mp, 2),
             "mp_per_s": round(mp / seconds, 3), "detections": len(found),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "model": entry.name}
+            "peak_rss_mb": round(peak_rss_mb(), 1), "model": entry.name, "tta": tta}
 
 
 def bench_rcnn(scene: Path, threads: int, chip: int, overlap: int, n_chips: int,
@@ -132,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--full-tile", action="store_true", help="10980 x 10980, detector only")
     ap.add_argument("--scene", help="use this scene instead of writing a synthetic one")
     ap.add_argument("--only-detector", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--tta", action="store_true",
+                    help="run the detector with test-time augmentation (eight orientations)")
     ap.add_argument("--rcnn-channels-last", action="store_true",
                     help="run the reference in channels_last layout too (the detector always is)")
     args = ap.parse_args(argv)
@@ -139,16 +143,20 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="bw-bench-") as tmp:
         scene = Path(args.scene) if args.scene else make_scene(Path(tmp) / f"s{size}.tif", size)
         if args.only_detector:
-            print(json.dumps(bench_detector(scene, args.weights, args.threads, args.chip)))
+            print(json.dumps(bench_detector(scene, args.weights, args.threads, args.chip,
+                                            args.tta)))
             return
         # The detector runs in a child process so its peak RSS is its own.
         cmd = [sys.executable, __file__, "--only-detector", "--scene", str(scene),
                "--threads", str(args.threads), "--chip", str(args.chip)]
         if args.weights:
             cmd += ["--weights", args.weights]
+        if args.tta:
+            cmd.append("--tta")
         ours = json.loads(subprocess.run(cmd, check=True, capture_output=True,
                                          text=True).stdout.strip().splitlines()[-1])
-        print(f"berthwatch detect: {ours['megapixels']} MP in {ours['seconds']} s = "
+        tta = " with --tta" if args.tta else ""
+        print(f"berthwatch detect{tta}: {ours['megapixels']} MP in {ours['seconds']} s = "
               f"{ours['mp_per_s']} MP/s on {args.threads} threads, peak RSS "
               f"{ours['peak_rss_mb']} MB ({ours['detections']} detections, {ours['model']})")
         if args.full_tile:

@@ -182,6 +182,35 @@ def test_batching_and_memory_layout_do_not_change_detections(tiny_weights, tmp_p
         assert (a.px_x, a.px_y) == (b.px_x, b.px_y) and a.score == pytest.approx(b.score, abs=1e-4)
 
 
+def test_tta_averages_eight_orientations(tiny_weights, tmp_path):
+    """With tta the heat and mask no longer depend on how the chip is turned or flipped
+    (the plain model's do), size and angle stay the plain view's, and detect records it."""
+    from imagery.detector import _forward
+
+    model, _ = load_model(tiny_weights)
+    x = (torch.rand(1, 5, 64, 64) * 0.3).contiguous(memory_format=torch.channels_last)
+    present = torch.ones(1, 5, dtype=torch.bool)
+    turned = torch.rot90(x, 1, (2, 3)).contiguous(memory_format=torch.channels_last)
+    flipped = torch.flip(x, (2,)).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        plain, averaged = _forward(model, x, present, False), _forward(model, x, present, True)
+        of_turned = torch.rot90(_forward(model, turned, present, True), -1, (2, 3))
+        of_flipped = torch.flip(_forward(model, flipped, present, True), (2,))
+        plain_turned = torch.rot90(_forward(model, turned, present, False), -1, (2, 3))
+    probs = [torch.sigmoid(o[:, 0:2]) for o in (averaged, of_turned, of_flipped, plain_turned)]
+    assert torch.allclose(probs[0], probs[1], atol=1e-5)
+    assert torch.allclose(probs[0], probs[2], atol=1e-5)
+    assert not torch.allclose(torch.sigmoid(plain[:, 0:2]), probs[3], atol=1e-3)
+    assert not torch.allclose(probs[0], torch.sigmoid(plain[:, 0:2]), atol=1e-3)
+    assert torch.equal(averaged[:, 2:], plain[:, 2:])
+
+    folder = make_labelled(tmp_path / "tta", seed=42)
+    doc = detect_scene(folder / "scene.tif", tmp_path / "d.geojson", weights=tiny_weights,
+                       threshold=0.3, chip_size=64, threads=1, progress=False, tta=True)
+    assert doc["properties"]["tta"] is True and doc["features"]
+    assert json.loads((tmp_path / "d.geojson").read_text())["properties"]["tta"] is True
+
+
 def test_detect_shared_scene_geojson(tiny_weights, tmp_path):
     scene = SHARED / "sen2ships" / "honolulu" / "scene.tif"
     if not scene.exists():
@@ -202,7 +231,7 @@ def test_detect_shared_scene_geojson(tiny_weights, tmp_path):
     assert doc["type"] == "FeatureCollection"
     top_props = doc["properties"]
     for key in ("scene_id", "acquisition_time", "port", "model", "weights_sha256", "threshold",
-                "zones", "simulated"):
+                "zones", "simulated", "tta"):
         assert key in top_props
     assert top_props["zones"]["west"]["visible_fraction"] == pytest.approx(1.0, abs=0.02)
     assert doc["features"], "expected candidates at threshold 0.05"

@@ -164,6 +164,12 @@ def test_evaluate_reproduces_the_model_cards_leave_ports_out_metrics(shared_data
                      min_length_m=option["min_length_m"])
     assert ships["pooled"] == option["pooled"]
     assert f"--min-length-m {option['min_length_m']:g} --threshold {option['threshold']}" in card
+    # `--tta` figures: one small port again (a full rerun is eight times the work above).
+    tta = entry.metrics["leave_ports_out_tta"]
+    small = evaluate([shared_data / "sen2ships" / "casablanca"], leave_ports_out=True,
+                     threads=1, progress=False, tta=True)
+    assert small["ports"]["casablanca"] == tta["ports"]["casablanca"]
+    assert f"F1 is {tta['pooled']['f1']:.3f}" in card and "--leave-ports-out --tta" in card
 
 
 def test_default_recipe_is_the_shipped_models():

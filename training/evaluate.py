@@ -145,6 +145,7 @@ def predict_folder(
     folder: Path, model: BerthNet, entry: WeightsEntry, threshold: float,
     box_fraction: float | None = None,
     min_length_m: float | None = None,
+    tta: bool = False,
 ) -> tuple[list[Detection], float]:
     """Detections (with lon/lat) in one labelled folder, and the scene's ground pixel size."""
     info = open_scene(folder / "scene.tif", require_bands=None)
@@ -153,7 +154,7 @@ def predict_folder(
         options["box_fraction"] = box_fraction
     if min_length_m is not None:
         options["min_length_m"] = min_length_m
-    found = detect(info, model, threshold, **options)
+    found = detect(info, model, threshold, tta=tta, **options)
     _to_wgs84(info, found)
     return found, info.pixel_size_m
 
@@ -188,10 +189,11 @@ def predict_all(
     progress: bool = True,
     box_fraction: float | None = None,
     min_length_m: float | None = None,
+    tta: bool = False,
 ) -> tuple[list[PortPrediction], WeightsEntry, list[str]]:
     """Detections for every labelled folder at `min_threshold` (to sweep thresholds later);
     `box_fraction` and `min_length_m` override the weights' hull suppression and length
-    filter (0: keep every peak)."""
+    filter (0: keep every peak); `tta` averages eight orientations of each chip."""
     main_entry = get_weights(weights)
     folders = find_scene_dirs(data_dirs)
     if leave_ports_out:
@@ -206,7 +208,7 @@ def predict_all(
             continue
         model, _ = load_model(owner.path)
         found, pixel_m = predict_folder(folder, model, owner, min_threshold, box_fraction,
-                                        min_length_m)
+                                        min_length_m, tta)
         preds.append(PortPrediction(folder.name, _ship_outlines(folder), found, owner.name,
                                     pixel_m))
         if progress:
@@ -234,13 +236,15 @@ def evaluate(
     threads: int = 2,
     progress: bool = True,
     min_length_m: float | None = None,
+    tta: bool = False,
 ) -> dict:
     """Per-port and pooled precision/recall/F1 and count error at the operating threshold
     (the weights' own unless given), plus the pooled F1 over a threshold sweep.
-    `min_length_m` overrides the weights' minimum estimated length."""
+    `min_length_m` overrides the weights' minimum estimated length; `tta` averages eight
+    orientations of each chip."""
     torch.set_num_threads(threads)
     preds, entry, skipped = predict_all(data_dirs, weights, leave_ports_out, progress=progress,
-                                        min_length_m=min_length_m)
+                                        min_length_m=min_length_m, tta=tta)
     op = entry.threshold if threshold is None else threshold
     result = score_predictions(preds, op)
     result.update(
@@ -249,6 +253,7 @@ def evaluate(
         threshold=op,
         min_length_m=entry.min_length_m if min_length_m is None else min_length_m,
         leave_ports_out=leave_ports_out,
+        tta=tta,
         tolerance_m=TOLERANCE_M,
         skipped_ports=skipped,
         sweep={str(t): score_predictions(preds, t)["pooled"]["f1"] for t in SWEEP},
@@ -272,6 +277,8 @@ def format_table(result: dict) -> str:
             f"{r['count_error']:>+11d}"
         )
     mode = "leave-ports-out" if result.get("leave_ports_out") else "direct"
+    if result.get("tta"):
+        mode += ", 8 orientations averaged"
     lines.append(f"weights {result['weights']} ({mode}), threshold {result['threshold']}, "
                  f"minimum length {result.get('min_length_m') or 0:g} m, "
                  f"match tolerance {result['tolerance_m']:g} m")
@@ -295,6 +302,8 @@ def add_arguments(ap) -> None:
     ap.add_argument("--threshold", type=float, help="score threshold (default: the weights')")
     ap.add_argument("--min-length-m", type=float, metavar="M",
                     help="drop vessels estimated shorter than M metres (default: the weights')")
+    ap.add_argument("--tta", action="store_true",
+                    help="average the model over eight orientations of each chip (8x slower)")
     ap.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
 
@@ -302,7 +311,7 @@ def add_arguments(ap) -> None:
 def run(args) -> dict:
     """Carry out `berthwatch evaluate`: the table on stdout, JSON on request."""
     result = evaluate(args.data, args.weights, args.leave_ports_out, args.threshold,
-                      threads=args.threads, min_length_m=args.min_length_m)
+                      threads=args.threads, min_length_m=args.min_length_m, tta=args.tta)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
