@@ -527,7 +527,7 @@ def detect(
     `overlap` defaults to chip_size / 8 (64 px: 32 px of context each side of a seam).
     Batches of one chip are the fastest on a CPU (1.56 against 1.34 MP/s for batches of four
     512 px chips: one chip's activations stay in cache); a GPU wants larger ones.
-    `tta` averages eight orientations of each chip (`_forward`): 8x the work."""
+    `tta` averages eight orientations of each chip (`_forward`): eight model passes."""
     if chip_size % 8 or chip_size < 32:
         raise DetectorError(f"chip_size {chip_size} must be a multiple of 8, at least 32")
     if not (math.isfinite(min_length_m) and min_length_m >= 0):
@@ -719,7 +719,7 @@ def detect_scene(
 ) -> dict:
     """Detect vessels in a scene and write GeoJSON (and CSV). `port` is a Port, a port name or
     None; `threshold` and `min_length_m` default to the weights'; `tta` averages eight
-    orientations of each chip (8x slower). Returns the FeatureCollection (its `properties`
+    orientations of each chip (~7x slower). Returns the FeatureCollection (its `properties`
     are the summary)."""
     torch.set_num_threads(threads)
     model, entry = load_model(weights)

@@ -161,14 +161,16 @@ def run_pass(
     threshold: float | None = None,
     gates: Gates = DEFAULT_GATES,
     progress: bool = True,
+    tta: bool = False,
 ) -> RunReport:
-    """One pass over `ports`: fetch what is new, then process every stored scene not done."""
+    """One pass over `ports`: fetch what is new, then process every stored scene not done
+    (`tta`: detect with the eight orientations of each chip averaged)."""
     report = RunReport()
     with run_lock(ws):
         for port in ports:
             if source is not None:
                 _fetch_new(ws, port, source, start, end, max_cloud, report, progress)
-            _process_pending(ws, port, weights, threshold, gates, report, progress)
+            _process_pending(ws, port, weights, threshold, gates, report, progress, tta)
             rebuild_episodes(ws, port)
     return report
 
@@ -202,14 +204,14 @@ def pending_scenes(ws: Workspace, port: Port) -> list[dict]:
     return [dict(r) for r in rows]
 
 
-def _process_pending(ws, port, weights, threshold, gates, report, progress) -> None:
+def _process_pending(ws, port, weights, threshold, gates, report, progress, tta) -> None:
     from tqdm import tqdm
 
     scenes = pending_scenes(ws, port)
     for scene in tqdm(scenes, desc=f"detect+reconcile {port.name}", unit="scene",
                       disable=not progress):
         try:
-            result = process_scene(ws, port, scene, weights, threshold, gates)
+            result = process_scene(ws, port, scene, weights, threshold, gates, tta)
         except Exception as exc:  # recorded and retried next run; the others go on
             reason = f"{type(exc).__name__}: {exc}"
             _record_failure(ws, scene["scene_id"], reason)
@@ -234,7 +236,7 @@ def _record_failure(ws: Workspace, scene_id: str, reason: str) -> None:
 
 
 def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
-                  gates: Gates) -> SceneReconciliation:
+                  gates: Gates, tta: bool = False) -> SceneReconciliation:
     """Detect, reconcile and store one scene; returns the reconciliation (its `unmatched`
     are the alerts)."""
     from imagery.detector import detect_scene
@@ -243,7 +245,7 @@ def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
     out_dir = ws.root / "detections" / port.name
     geojson_path = out_dir / f"{_safe(scene_id)}.geojson"
     collection = detect_scene(scene["path"], geojson_path, port=port, threshold=threshold,
-                              weights=weights, progress=False)
+                              weights=weights, progress=False, tta=tta)
     top = collection["properties"]
     when = datetime.fromisoformat(scene["acquisition_time"].replace("Z", "+00:00"))
     detections = _detections(collection)

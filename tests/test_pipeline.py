@@ -155,6 +155,18 @@ def test_a_failing_scene_is_recorded_and_retried_without_blocking(clean_run, tin
     conn.close()
 
 
+def test_run_with_tta_records_it_in_every_scenes_detections(clean_run, tiny_weights,
+                                                             tmp_path):
+    """`run --tta` detects with the eight orientations averaged: each scene's detections say
+    so, while the plain pass's say they were not."""
+    import json
+
+    assert main([*_args(tmp_path, tiny_weights), "--tta"]) == 0
+    for ws, expected in ((tmp_path, True), (clean_run, False)):
+        docs = [json.loads(p.read_text()) for p in (ws / "detections").rglob("*.geojson")]
+        assert len(docs) >= 2 and {d["properties"]["tta"] for d in docs} == {expected}
+
+
 def test_two_runs_never_overlap(tmp_path):
     ws = open_workspace(tmp_path)
     with run_lock(ws):

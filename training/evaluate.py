@@ -303,7 +303,7 @@ def add_arguments(ap) -> None:
     ap.add_argument("--min-length-m", type=float, metavar="M",
                     help="drop vessels estimated shorter than M metres (default: the weights')")
     ap.add_argument("--tta", action="store_true",
-                    help="average the model over eight orientations of each chip (8x slower)")
+                    help="average the model over eight orientations of each chip (~7x slower)")
     ap.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
 

@@ -128,7 +128,7 @@ def calibrate(
     metrics["in_sample"] = {"threshold": threshold, "pooled": own["pooled"],
                             "ports": own["ports"], "sweep_f1": own["sweep"],
                             "length_m": own["length_m"]}
-    # The same decoding with `--tta`: what eight times the work buys on unseen ports.
+    # The same decoding with `--tta`: what eight passes a chip buy on unseen ports.
     tta = evaluate(data_dirs, weights, leave_ports_out=True, progress=progress, tta=True)
     metrics["leave_ports_out_tta"] = {"threshold": threshold, "pooled": tta["pooled"],
                                       "ports": tta["ports"], "sweep_f1": tta["sweep"]}
@@ -245,7 +245,7 @@ def _tta_text(tta: dict | None) -> str:
     best = max(tta["sweep_f1"].items(), key=lambda kv: kv[1])
     return (
         f"Test-time augmentation: `detect --tta` averages the heat and mask over the eight "
-        f"flips and quarter turns of each chip, for eight times the work. At the same "
+        f"flips and quarter turns of each chip, eight passes of the model. At the same "
         f"threshold ({tta['threshold']}) the pooled leave-ports-out F1 is {r['f1']:.3f} "
         f"(precision {r['precision']:.3f}, recall {r['recall']:.3f}; tp {r['tp']}, fp "
         f"{r['fp']}, fn {r['fn']}; count error {r['count_error']:+d}; best over the sweep "
