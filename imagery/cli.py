@@ -470,7 +470,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--tta", action="store_true",
                    help="average the model over eight orientations of each chip (~7x slower; "
-                        "leave-ports-out F1 0.610 against 0.591, see the model card)")
+                        "its measured gain is in weights/MODEL_CARD.md)")
     for name, handler, text in (
         ("run", cmd_run, "one pass: search, fetch, detect, reconcile, alert"),
         ("watch", cmd_watch, "repeat `run` every interval"),
