@@ -173,14 +173,43 @@ def test_evaluate_reproduces_the_model_cards_leave_ports_out_metrics(shared_data
 
 
 def test_default_recipe_is_the_shipped_models():
-    """`berthwatch train` without options trains the recipe the model card reports."""
+    """`berthwatch train` without options trains the first two stages the model card reports
+    (the root of the shipped recipe's `init_recipe` chain), and the options the card gives
+    for the second mining round rebuild the shipped model's own recipe."""
+    import argparse
     from dataclasses import asdict
 
     from imagery.detector import get_weights
+    from training.train import add_arguments, recipe_from_args
 
-    shipped = get_weights().recipe
+    chain = [get_weights().recipe]
+    while "init_recipe" in chain[-1]:
+        chain.append(chain[-1]["init_recipe"])
+    assert len(chain) == 2, "the card describes one extra mining round"
     for key, value in json.loads(json.dumps(asdict(Recipe()))).items():
-        assert shipped[key] == value, key
+        assert chain[-1][key] == value, key
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    args = ap.parse_args(["--data", "d", "--out", "o", "--init", "weights/berthnet-s2",
+                          "--seed", "1", "--mine-crop", "256", "--mine-batch", "5"])
+    round2 = json.loads(json.dumps(asdict(recipe_from_args(args))))
+    assert round2 != asdict(Recipe())
+    for key, value in round2.items():
+        assert chain[0][key] == value, key
+    card = (Path(__file__).resolve().parents[1] / "weights" / "MODEL_CARD.md").read_text()
+    assert "--seed 1 --mine-crop 256 --mine-batch 5" in card
+
+
+def test_card_gives_the_time_of_every_stage():
+    from training.export import _seconds_text
+
+    first = {"train_seconds": 700.0}
+    assert _seconds_text(first) == "700.0 s"
+    legacy = {"init_sha256": "ab", "init_train_seconds": 700.0, "train_seconds": 400.0}
+    assert _seconds_text(legacy) == "700.0 s (first stage) + 400.0 s (mining stage)"
+    chained = {"init_sha256": "cd", "init_recipe": legacy, "train_seconds": 800.0}
+    assert _seconds_text(chained) == ("700.0 s (first stage) + 400.0 s (mining round 1) + "
+                                      "800.0 s (mining round 2)")
 
 
 def test_card_keeps_benchmark_figures_across_rewrites(tmp_path):

@@ -214,12 +214,24 @@ def write_model_card(entry: WeightsEntry, path: Path) -> None:
 
 
 def _seconds_text(recipe: dict) -> str:
-    """Training time; a model fine-tuned from earlier first-stage weights shows both stages."""
-    seconds = recipe.get("train_seconds", "?")
+    """Training time, stage by stage: a model fine-tuned from earlier weights (`init_recipe`,
+    recursively) shows the first stage and each mining round after it."""
+    times = _stage_seconds(recipe)
+    if len(times) == 1:
+        return f"{times[0]} s"
+    rounds = [f"{t} s (mining round {i})" if len(times) > 2 else f"{t} s (mining stage)"
+              for i, t in enumerate(times[1:], 1)]
+    return " + ".join([f"{times[0]} s (first stage)", *rounds])
+
+
+def _stage_seconds(recipe: dict) -> list:
+    """Seconds of each stage, oldest first. A run from `--init` without `init_recipe`
+    (written before it was recorded) counts its init as one first stage."""
+    if recipe.get("init_recipe"):
+        return [*_stage_seconds(recipe["init_recipe"]), recipe.get("train_seconds", "?")]
     if recipe.get("init_sha256"):
-        first = recipe.get("init_train_seconds", "?")
-        return f"{first} s (first stage) + {seconds} s (mining stage)"
-    return f"{seconds} s"
+        return [recipe.get("init_train_seconds", "?"), recipe.get("train_seconds", "?")]
+    return [recipe.get("train_seconds", "?")]
 
 
 def _length_filter_text(option: dict | None) -> str:
@@ -326,8 +338,9 @@ AdamW, linear warm-up then cosine decay, seeded (numpy Generator + torch seed). 
 hard-negative mining: the model detects on its own training scenes at mine_threshold, its
 peaks farther than 20 m from every labelled outline become negative points, and mine_steps
 more steps (from mine_lr, cosine) centre mine_p_negative of the crops near them. Where the
-recipe has `init_sha256`, the first stage was not rerun: the second started from those
-weights (the same recipe's first stage, trained earlier) and `train_seconds` is its time.
+recipe has `init_sha256`, that stage was not rerun from scratch: it started from those
+weights (trained earlier; `init_recipe` is how they were made, recursively) and
+`train_seconds` is its time alone.
 
 ```json
 {recipe}

@@ -2,10 +2,13 @@
 
     python -m training.train --data ../shared/data/sen2ships ../shared/data/sen2ships-partial \
         --out weights/berthnet-s2 [--folds weights/folds] [--steps N] [--mine-steps N]
+        [--init STEM --seed N --mine-crop PX --mine-batch N]
 
 Two stages: `steps` from scratch, then hard-negative mining (the model's own false positives
 on its training scenes) and `mine_steps` of fine-tuning that samples crops around them.
-`--init STEM` starts from weights the first stage already made and runs only the second.
+`--init STEM` starts from weights made earlier and runs only the mining stage: from the
+first stage's weights, the second; from a mined model, another mining round (the shipped
+model is one such round on top of the default recipe; its model card gives the commands).
 Seeded and reproducible on a given machine (numpy Generator for sampling, torch seed for the
 weights); uses CUDA when there is one, else `threads` CPU threads.
 """
@@ -243,6 +246,10 @@ def train(
         start_model, init_entry = load_state(init)
         provenance["init_sha256"] = init_entry.sha256
         provenance["init_train_seconds"] = init_entry.recipe.get("train_seconds")
+        # The whole chain: an init that was itself fine-tuned from earlier weights keeps its
+        # own recipe (and its init's) here, so the card can say how every stage was made.
+        provenance["init_recipe"] = {k: v for k, v in init_entry.recipe.items()
+                                     if k not in ("train_ports", "train_vessels")}
     start = time.perf_counter()
     model = fit(scenes, recipe, device, progress, desc=f"train {Path(out).name}",
                 init=start_model, stats=provenance)
@@ -307,6 +314,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, help="random seed (default 0)")
     ap.add_argument("--mine-steps", type=int,
                     help=f"hard-negative fine-tuning steps (default {Recipe.mine_steps}; 0: off)")
+    ap.add_argument("--mine-crop", type=int,
+                    help=f"crop size of the mining stage in px (default {Recipe.mine_crop})")
+    ap.add_argument("--mine-batch", type=int,
+                    help=f"crops per step of the mining stage (default {Recipe.mine_batch})")
     ap.add_argument("--init", metavar="STEM",
                     help="skip the first stage: start each model from weights the same recipe "
                          "trained (STEM.pt, fold k from STEM's folds/NAME-foldk.pt)")
@@ -314,8 +325,8 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
 
-def run(args: argparse.Namespace) -> list[WeightsEntry]:
-    """Carry out `berthwatch train`: fold models first (when asked), then the model."""
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    """The default recipe with the options of `berthwatch train` applied."""
     recipe = Recipe()
     if args.steps:
         recipe.steps = args.steps
@@ -323,6 +334,16 @@ def run(args: argparse.Namespace) -> list[WeightsEntry]:
         recipe.seed = args.seed
     if args.mine_steps is not None:
         recipe.mine_steps = args.mine_steps
+    if args.mine_crop:
+        recipe.mine_crop = args.mine_crop
+    if args.mine_batch:
+        recipe.mine_batch = args.mine_batch
+    return recipe
+
+
+def run(args: argparse.Namespace) -> list[WeightsEntry]:
+    """Carry out `berthwatch train`: fold models first (when asked), then the model."""
+    recipe = recipe_from_args(args)
     name = Path(args.out).name
     common = dict(device=args.device, threads=args.threads)
     written = []
