@@ -319,8 +319,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--mine-batch", type=int,
                     help=f"crops per step of the mining stage (default {Recipe.mine_batch})")
     ap.add_argument("--init", metavar="STEM",
-                    help="skip the first stage: start each model from weights the same recipe "
-                         "trained (STEM.pt, fold k from STEM's folds/NAME-foldk.pt)")
+                    help="skip the first stage: run the mining stage from earlier weights "
+                         "(STEM.pt, fold k from STEM's folds/NAME-foldk.pt): the first stage's, "
+                         "or a mined model's for one more round")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     ap.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
 
