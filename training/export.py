@@ -226,7 +226,8 @@ def _seconds_text(recipe: dict) -> str:
 
 def _stage_seconds(recipe: dict) -> list:
     """Seconds of each stage, oldest first. A run from `--init` without `init_recipe`
-    (written before it was recorded) counts its init as one first stage."""
+    (written before it was recorded, with `init_train_seconds` instead) counts its init as
+    one first stage."""
     if recipe.get("init_recipe"):
         return [*_stage_seconds(recipe["init_recipe"]), recipe.get("train_seconds", "?")]
     if recipe.get("init_sha256"):

@@ -245,9 +245,9 @@ def train(
     if init:  # what the skipped first stage was, and what it cost
         start_model, init_entry = load_state(init)
         provenance["init_sha256"] = init_entry.sha256
-        provenance["init_train_seconds"] = init_entry.recipe.get("train_seconds")
-        # The whole chain: an init that was itself fine-tuned from earlier weights keeps its
-        # own recipe (and its init's) here, so the card can say how every stage was made.
+        # The whole chain, train_seconds included: an init that was itself fine-tuned from
+        # earlier weights keeps its own recipe (and its init's) here, so the card can say how
+        # every stage was made and what it cost.
         provenance["init_recipe"] = {k: v for k, v in init_entry.recipe.items()
                                      if k not in ("train_ports", "train_vessels")}
     start = time.perf_counter()
