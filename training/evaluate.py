@@ -132,6 +132,7 @@ class PortPrediction:
     detections: list[Detection]  # at the low sweep threshold, with lon/lat
     model: str
     pixel_m: float = 10.0  # ground size of the scene's pixels
+    scene: str | None = None  # the scene file, for pictures of the errors
 
 
 def _ship_outlines(folder: Path) -> list:
@@ -210,7 +211,7 @@ def predict_all(
         found, pixel_m = predict_folder(folder, model, owner, min_threshold, box_fraction,
                                         min_length_m, tta)
         preds.append(PortPrediction(folder.name, _ship_outlines(folder), found, owner.name,
-                                    pixel_m))
+                                    pixel_m, str(folder / "scene.tif")))
         if progress:
             print(f"  {folder.name}: {len(found)} candidates ({owner.name})", flush=True)
     return preds, main_entry, skipped
@@ -237,11 +238,13 @@ def evaluate(
     progress: bool = True,
     min_length_m: float | None = None,
     tta: bool = False,
+    gallery: str | os.PathLike | None = None,
 ) -> dict:
     """Per-port and pooled precision/recall/F1 and count error at the operating threshold
     (the weights' own unless given), plus the pooled F1 over a threshold sweep.
     `min_length_m` overrides the weights' minimum estimated length; `tta` averages eight
-    orientations of each chip."""
+    orientations of each chip; `gallery` names a folder for one picture per port of its
+    false positives and missed vessels (training/gallery.py)."""
     torch.set_num_threads(threads)
     preds, entry, skipped = predict_all(data_dirs, weights, leave_ports_out, progress=progress,
                                         min_length_m=min_length_m, tta=tta)
@@ -259,6 +262,10 @@ def evaluate(
         sweep={str(t): score_predictions(preds, t)["pooled"]["f1"] for t in SWEEP},
         length_m=length_agreement(preds, op),
     )
+    if gallery is not None:
+        from training.gallery import write_gallery
+
+        result["gallery"] = write_gallery(preds, op, gallery)
     return result
 
 
@@ -287,6 +294,8 @@ def format_table(result: dict) -> str:
         lines.append(f"length_m of the {length['pairs']} vessels found against their outlines: "
                      f"median error {length['median_error_m']:+.1f} m, median absolute error "
                      f"{length['median_abs_error_m']:.1f} m")
+    for port, sheet in (result.get("gallery") or {}).items():
+        lines.append(f"errors of {port}: " + (sheet.get("path") or f"not drawn ({sheet['error']})"))
     if result.get("skipped_ports"):
         lines.append(f"not scored (no fold held them out): {', '.join(result['skipped_ports'])}")
     return "\n".join(lines)
@@ -305,13 +314,17 @@ def add_arguments(ap) -> None:
     ap.add_argument("--tta", action="store_true",
                     help="average the model over eight orientations of each chip (~7x slower)")
     ap.add_argument("--json", metavar="FILE", help="also write the result as JSON here")
+    ap.add_argument("--gallery", metavar="DIR",
+                    help="also draw each port's false positives and missed vessels "
+                         "(DIR/<port>_errors.png)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
 
 
 def run(args) -> dict:
     """Carry out `berthwatch evaluate`: the table on stdout, JSON on request."""
     result = evaluate(args.data, args.weights, args.leave_ports_out, args.threshold,
-                      threads=args.threads, min_length_m=args.min_length_m, tta=args.tta)
+                      threads=args.threads, min_length_m=args.min_length_m, tta=args.tta,
+                      gallery=args.gallery)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
