@@ -35,27 +35,20 @@ def _errors(pred: PortPrediction, threshold: float):
     pts = np.array([(d.lon, d.lat) for d in found]).reshape(-1, 2)
     pairs = match_pairs(pred.ships, pts)
     hit_ships, hit_dets = {i for i, _ in pairs}, {j for _, j in pairs}
-    project = _utm_projector(pred.ships) if pred.ships else None
-    ships_m = [shapely.transform(g, project) for g in pred.ships] if project else []
-    false_pos = []
-    for j, d in enumerate(found):
-        if j in hit_dets:
-            continue
-        if ships_m:
-            p = shapely.points(project(np.array([[d.lon, d.lat]])))[0]
-            gap = float(min(shapely.distance(s, p) for s in ships_m))
-        else:
-            gap = float("inf")
-        false_pos.append((d, gap))
-    missed = []
+    if not pred.ships:  # nothing labelled: every detection is a false positive
+        return sorted(((d, float("inf")) for d in found), key=lambda e: -e[0].score), []
+    project = _utm_projector(pred.ships)
+    ships_m = np.array([shapely.transform(g, project) for g in pred.ships], dtype=object)
+    gaps = shapely.distance(ships_m[:, None], shapely.points(project(pts))[None, :]).min(axis=0)
+    false_pos = [(d, float(gaps[j])) for j, d in enumerate(found) if j not in hit_dets]
     cands = np.array([(d.lon, d.lat) for d in pred.detections]).reshape(-1, 2)
-    cand_m = shapely.points(project(cands)) if project and len(cands) else []
+    near = shapely.distance(ships_m[:, None], shapely.points(project(cands))[None, :])
+    scores = np.array([d.score for d in pred.detections])
+    missed = []
     for i, ship in enumerate(pred.ships):
-        if i in hit_ships:
-            continue
-        near = [pred.detections[k].score for k, p in enumerate(cand_m)
-                if shapely.distance(ships_m[i], p) <= TOLERANCE_M]
-        missed.append((ship, max(near) if near else None))
+        if i not in hit_ships:
+            close = scores[near[i] <= TOLERANCE_M]
+            missed.append((ship, float(close.max()) if len(close) else None))
     false_pos.sort(key=lambda e: -e[0].score)
     return false_pos, missed
 
