@@ -9,8 +9,8 @@ on its training scenes) and `mine_steps` of fine-tuning that samples crops aroun
 `--init STEM` starts from weights made earlier and runs only the mining stage: from the
 first stage's weights, the second; from a mined model, another mining round (the shipped
 model is one such round on top of the default recipe; its model card gives the commands).
-Seeded and reproducible on a given machine (numpy Generator for sampling, torch seed for the
-weights); uses CUDA when there is one, else `threads` CPU threads.
+Seeded and reproducible on a given machine and thread count (numpy Generator for sampling,
+torch seed for the weights); uses CUDA when there is one, else `threads` CPU threads.
 """
 
 from __future__ import annotations
