@@ -343,7 +343,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 def cmd_chips_export(args: argparse.Namespace) -> int:
     from imagery.pipeline import open_workspace
-    from imagery.review_export import export_chips
+    from imagery.review.export import export_chips
 
     results = export_chips(open_workspace(args.workspace), args.out)
     for r in results:

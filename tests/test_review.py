@@ -19,8 +19,8 @@ import pytest
 import review_workspace as rw
 from PIL import Image
 
-from imagery import review_db
 from imagery.review import BindError, check_bind, create_app
+from imagery.review import db as review_db
 
 with warnings.catch_warnings():
     # This starlette release asks for `httpx2`; the test client works the same with httpx.
@@ -443,7 +443,7 @@ def test_chips_export_writes_scene_and_labels(client, demo, tmp_path):
 
 
 def test_chips_export_crops_large_scenes_around_reviewed_vessels(client, demo, tmp_path):
-    from imagery.review_export import export_chips
+    from imagery.review.export import export_chips
 
     _review_for_training(client, demo)
     (result,) = export_chips(demo.ws, tmp_path / "chips", margin=8)
@@ -459,7 +459,7 @@ def test_chips_export_crops_large_scenes_around_reviewed_vessels(client, demo, t
 
 
 def test_unsure_only_scene_is_not_exported(client, demo, tmp_path):
-    from imagery.review_export import export_chips
+    from imagery.review.export import export_chips
 
     verdict(client, demo.earlier_alert, "unsure")
     (result,) = export_chips(demo.ws, tmp_path / "chips")
@@ -470,7 +470,7 @@ def test_tiny_model_trains_on_exported_chips(client, demo, tmp_path):
     """The exported folders go straight into training/train.py beside other labelled data."""
     import torch
 
-    from imagery.review_export import export_chips
+    from imagery.review.export import export_chips
     from training.chips import CropConfig
     from training.train import Recipe, train
 

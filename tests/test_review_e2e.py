@@ -21,7 +21,7 @@ from urllib.parse import quote, unquote
 import pytest
 import review_workspace as rw
 
-from imagery import review_db
+from imagery.review import db as review_db
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

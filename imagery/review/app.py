@@ -35,8 +35,9 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imagery import review_db, review_media
 from imagery.pipeline import open_workspace
+from imagery.review import db as review_db
+from imagery.review import media as review_media
 from imagery.workspace import Workspace
 
 HERE = Path(__file__).resolve().parent

@@ -20,10 +20,11 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 from pyproj import Transformer
 
-from imagery import ais, review_db
+from imagery import ais
 from imagery.pipeline import CHIP_HALF
 from imagery.reconcile import AisFix, Gates, Placement, place_vessels
 from imagery.render import FALSE_COLOUR, TRUE_COLOUR, chip_rgb, timeline_plot
+from imagery.review import db as review_db
 from imagery.scene import SceneInfo, open_scene, parse_time
 from imagery.workspace import Workspace, utc_now
 
