@@ -83,14 +83,16 @@ def _ais_csv(path: Path, transform: Affine, acquired: datetime) -> Path:
     return path
 
 
-def build(root: Path) -> Demo:
+def build(root: Path, prefix: str = "S2TEST_vostochny_") -> Demo:
+    """The workspace under `root`; scene ids are `prefix` + the date (a prefix with a space or
+    a `/` makes ids as some catalogues name scenes)."""
     ws = open_workspace(root)
     transform = _grid()
     rng = np.random.default_rng(0)
     scenes = []
     for k in range(3):
         when = T0 + timedelta(days=5 * k)
-        sid = f"S2TEST_vostochny_{when:%Y%m%d}"
+        sid = f"{prefix}{when:%Y%m%d}"
         path = ws.scene_path("vostochny", when, sid)
         write_scene(path, _pixels(rng), SCENE_BANDS, f"EPSG:{EPSG}", transform, scene_id=sid,
                     port="vostochny", source="simulated", acquisition_time=when,

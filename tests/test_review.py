@@ -285,6 +285,44 @@ def test_confirmed_export_csv_and_geojson(client, demo):
     assert feature["properties"]["alert_id"] == demo.alert
 
 
+# --- scene ids with spaces and slashes, moved workspaces -----------------------------------
+
+
+def test_alerts_of_scene_ids_with_space_and_slash_open(tmp_path):
+    demo = rw.build(tmp_path / "ws", prefix="S2 TEST/vostochny ")
+    assert " " in demo.alert and "/" in demo.alert
+    with TestClient(create_app(demo.ws.root), base_url=LOCAL) as c:
+        queue = c.get("/").text
+        assert f'href="{url(demo.alert)}"' in queue  # quoted: %20 and %2F
+        page = c.get(url(demo.alert))
+        assert page.status_code == 200, page.text[:200]
+        assert f"{url(demo.earlier_alert)}" in page.text  # the neighbour link
+        png(c.get(url(demo.alert, "/chip.png?bands=false")))
+        png(c.get(url(demo.alert, "/neighbour/previous.png")))
+        assert c.get(url(demo.alert, "/evidence.zip")).status_code == 200
+        done = verdict(c, demo.alert, "confirmed")
+        assert done.status_code == 303 and c.get(done.headers["location"]).status_code == 200
+        assert review_db.get_alert(demo.ws, demo.alert)["status"] == "confirmed"
+        assert c.get(url(demo.alert, "/verdict")).status_code == 404  # not a page
+
+
+def test_moved_workspace_with_relative_scene_paths_still_serves(tmp_path):
+    import shutil
+
+    demo = rw.build(tmp_path / "ws")
+    conn = demo.ws.connect()
+    for sid in demo.scenes:  # as workspaces store them now: relative to the root
+        path = Path(demo.ws.scene(sid).path).relative_to(demo.ws.root)
+        conn.execute("UPDATE scenes SET path = ? WHERE scene_id = ?", (str(path), sid))
+    conn.commit()
+    conn.close()
+    moved = shutil.copytree(demo.ws.root, tmp_path / "elsewhere" / "ws")
+    shutil.rmtree(demo.ws.root)
+    with TestClient(create_app(moved), base_url=LOCAL) as c:
+        assert c.get(url(demo.alert)).status_code == 200
+        png(c.get(url(demo.alert, "/chip.png")))
+
+
 # --- path traversal, auth ---------------------------------------------------------------------
 
 TRAVERSALS = (

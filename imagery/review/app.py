@@ -42,7 +42,9 @@ from imagery.workspace import Workspace
 
 HERE = Path(__file__).resolve().parent
 CSRF_COOKIE, AUTH_COOKIE, ANALYST_COOKIE = "bw_csrf", "bw_session", "bw_analyst"
-ALERT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,199}#\d{1,9}$")
+# A scene id comes from a catalogue or a file name and may hold spaces or `/`: any printable
+# text, then `#<det_id>`. The id is only ever looked up in the database, never made a path.
+ALERT_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,200}#\d{1,9}$")
 MESSAGE = re.compile(r"^recorded: [a-z]{3,9}( [ad]\d{1,9})?$")
 PORT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
@@ -112,9 +114,11 @@ def create_app(workspace_path: str | os.PathLike | None, token: str | None = Non
     app.state.templates = _templates()
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _install_security(app, token)
-    _install_pages(app)
-    _install_actions(app)
+    # Alert routes take the id as a `path` (it may hold `/`); the routes with a suffix come
+    # first, so the page route never swallows `.../chip.png` (an id always ends in `#<n>`).
     _install_files(app)
+    _install_actions(app)
+    _install_pages(app)
     return app
 
 
@@ -299,7 +303,7 @@ def _install_pages(app: FastAPI) -> None:
         return _render(request, "queue.html", alerts=alerts, filters=filters,
                        ports=_ports_with_alerts(ws), statuses=review_db.STATUSES)
 
-    @app.get("/alerts/{alert_id}")
+    @app.get("/alerts/{alert_id:path}")
     def alert_page(request: Request, alert_id: str):
         alert = load_alert(request, alert_id)
         view = _view(request, alert)
@@ -383,7 +387,7 @@ def _back(alert_id: str, analyst: str, message: str) -> RedirectResponse:
 
 
 def _install_actions(app: FastAPI) -> None:
-    @app.post("/alerts/{alert_id}/verdict")
+    @app.post("/alerts/{alert_id:path}/verdict")
     async def verdict(request: Request, alert_id: str):
         form = await checked_form(request)
         alert = load_alert(request, alert_id)
@@ -395,7 +399,7 @@ def _install_actions(app: FastAPI) -> None:
                          verdict=choice, note=form.get("note", "")[:MAX_NOTE])
         return _back(alert_id, analyst, f"recorded: {choice}")
 
-    @app.post("/alerts/{alert_id}/vessels")
+    @app.post("/alerts/{alert_id:path}/vessels")
     async def vessels(request: Request, alert_id: str):
         form = await checked_form(request)
         alert = load_alert(request, alert_id)
@@ -454,18 +458,18 @@ def _png(data: bytes) -> Response:
 
 
 def _install_files(app: FastAPI) -> None:
-    @app.get("/alerts/{alert_id}/chip.png")
+    @app.get("/alerts/{alert_id:path}/chip.png")
     def chip(request: Request, alert_id: str, bands: str = "true"):
         if bands not in ("true", "false"):
             raise HTTPException(400, "bands must be true or false")
         return _png(_view(request, load_alert(request, alert_id)).chip(bands))
 
-    @app.get("/alerts/{alert_id}/neighbour/{which}.png")
+    @app.get("/alerts/{alert_id:path}/neighbour/{which}.png")
     def neighbour(request: Request, alert_id: str, which: str):
         alert = load_alert(request, alert_id)
         return _png(_neighbour_chip(_ws(request), alert, which))
 
-    @app.get("/alerts/{alert_id}/evidence.zip")
+    @app.get("/alerts/{alert_id:path}/evidence.zip")
     def evidence(request: Request, alert_id: str):
         alert = load_alert(request, alert_id)
         data = review_media.evidence_zip(_ws(request), _view(request, alert))
