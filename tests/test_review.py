@@ -434,6 +434,108 @@ def test_token_auth(demo):
         assert c.get("/").status_code == 401
 
 
+@pytest.mark.parametrize("weak, why", [(" " * 16, "whitespace"), ("\t" * 20, "whitespace"),
+                                       ("a" * 16, "guessable"), ("ab" * 12, "guessable"),
+                                       ("0123456789abcdef", "guessable"),
+                                       ("password12345678", "guessable"),
+                                       ("s3cret token with spaces", "whitespace"),
+                                       ("short", "too short")])
+def test_weak_tokens_are_refused(demo, weak, why):
+    with pytest.raises(BindError, match=why):
+        check_bind("0.0.0.0", weak)
+    with pytest.raises(BindError, match=why):
+        create_app(demo.ws.root, token=weak)
+
+
+def test_strong_tokens_pass_the_entropy_estimate():
+    import secrets
+
+    from imagery.review.app import MIN_TOKEN_BITS, token_bits
+
+    for _ in range(200):
+        check_bind("0.0.0.0", secrets.token_urlsafe())
+        check_bind("0.0.0.0", secrets.token_hex(16))
+    assert token_bits("a" * 64) < 5 and token_bits("aX" * 20) < MIN_TOKEN_BITS
+    assert token_bits("s3cret-token-0123456789") >= MIN_TOKEN_BITS
+
+
+async def _raw_post(app, path: str, headers: dict[str, str], chunks: list[bytes]
+                    ) -> tuple[int, bytes, int]:
+    """One POST straight through ASGI, its body given in chunks; returns the status, the
+    body and how many chunks the app asked for."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1")] + [(k.lower().encode(), v.encode())
+                                                    for k, v in headers.items()],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
+    served, sent = 0, []
+
+    async def receive():
+        nonlocal served
+        if served >= len(chunks):
+            return {"type": "http.disconnect"}
+        served += 1
+        return {"type": "http.request", "body": chunks[served - 1],
+                "more_body": served < len(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body, served
+
+
+MIB = b"x" * (1024 * 1024)
+
+
+def test_oversized_bodies_are_refused_before_they_are_read(client, demo, tmp_path,
+                                                           monkeypatch):
+    import tempfile
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    csrf = client.cookies.get("bw_csrf")
+    form = {"content-type": "multipart/form-data; boundary=b", "cookie": f"bw_csrf={csrf}"}
+    path = url(demo.alert, "/verdict")
+    # 300 MB announced: refused from the header, not one byte read.
+    status, body, served = asyncio.run(_raw_post(client.app, path, dict(
+        form, **{"content-length": str(300 * 1024 * 1024)}), [MIB] * 300))
+    assert (status, served) == (413, 0) and b"64 KiB" in body
+    # Chunked (no length): refused as soon as the limit is passed.
+    status, _, served = asyncio.run(_raw_post(client.app, path, form, [MIB] * 300))
+    assert status == 413 and served == 1
+    # A well-formed multipart note streaming in 16 KiB chunks: the fifth passes 64 KiB.
+    part = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\n'
+    status, _, served = asyncio.run(_raw_post(client.app, path, form,
+                                              [part] + [b"y" * 16 * 1024] * 300))
+    assert status == 413 and served == 5
+    response = client.post(path, content=iter([MIB] * 3),
+                           headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 413
+    assert list(spool.iterdir()) == [] and review_db.history(demo.ws, alert_id=demo.alert) == []
+    assert verdict(client, demo.alert, "confirmed", note="n" * 2000).status_code == 303
+
+
+def test_csrf_is_checked_before_the_body_is_parsed(client, demo):
+    path = url(demo.alert, "/verdict")
+    body = [b"verdict=confirmed&analyst=x&csrf=" + b"a" * 43]
+    kind = {"content-type": "application/x-www-form-urlencoded", "content-length": "76"}
+    status, _, served = asyncio.run(_raw_post(client.app, path, kind, body))  # no cookie
+    assert (status, served) == (403, 0)
+    csrf = client.cookies.get("bw_csrf")
+    status, _, served = asyncio.run(_raw_post(client.app, path, {
+        "content-type": "application/json", "cookie": f"bw_csrf={csrf}"}, [b"{}"]))
+    assert (status, served) == (415, 0)
+    files = post(client, demo.alert, "verdict", {"verdict": "confirmed", "analyst": "a"},
+                 files={"upload": ("a.bin", b"z" * 1000)})
+    assert files.status_code == 400  # no file parts
+    assert review_db.history(demo.ws, alert_id=demo.alert) == []
+
+
 # --- chips export ----------------------------------------------------------------------------
 
 
