@@ -335,7 +335,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     # The environment keeps the token out of `ps` and shell history.
     token = args.token or os.environ.get("BERTHWATCH_REVIEW_TOKEN") or None
     try:
-        serve(args.workspace, args.host, args.port, token)
+        serve(args.workspace, args.host, args.port, token, ports_dir=args.ports)
     except BindError as exc:
         raise UserError(str(exc)) from None
     return 0

@@ -341,10 +341,12 @@ CHIP_HALF = 48  # px either side: a 960 m square at 10 m, a berth and its neighb
 def write_evidence_chip(ws: Workspace, info, det: Detection,
                         result: SceneReconciliation) -> str:
     """A true-colour PNG of the berth around a detection, the detection ringed in red and AIS
-    positions in cyan; written atomically, named by scene and detection."""
+    positions in cyan; written atomically, named by scene and detection. A simulated scene's
+    chip gets a SIMULATED band and says so in its PNG text chunks, as every chip does its
+    scene id."""
     from PIL import Image, ImageDraw
 
-    from imagery.render import true_colour
+    from imagery.render import mark_simulated, png_with_provenance, true_colour
 
     x, y = int(round(det.px_x or 0)), int(round(det.px_y or 0))
     rgb = true_colour(info, x - CHIP_HALF, y - CHIP_HALF, 2 * CHIP_HALF)
@@ -362,7 +364,8 @@ def write_evidence_chip(ws: Workspace, info, det: Detection,
     path = ws.root / "evidence" / _safe(result.port) / f"{_safe(result.scene_id)}_{det.det_id}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
+    image = mark_simulated(image, info.simulated)
+    tmp.write_bytes(png_with_provenance(image, result.scene_id, info.simulated))
     os.replace(tmp, path)
     return str(path)
 

@@ -15,12 +15,15 @@ import zipfile
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 import review_workspace as rw
 from PIL import Image
 
+from imagery.render import SIMULATED_BAND_PX, SIMULATED_COLOUR
 from imagery.review import BindError, check_bind, create_app
 from imagery.review import db as review_db
+from imagery.review.media import CAPTION_PX
 
 with warnings.catch_warnings():
     # This starlette release asks for `httpx2`; the test client works the same with httpx.
@@ -67,6 +70,18 @@ def png(response) -> Image.Image:
     return image
 
 
+def assert_marked_simulated(image: Image.Image, scene_id: str) -> None:
+    """The PNG says SIMULATED in its text chunks and in an amber band along its bottom."""
+    assert image.text["berthwatch:simulated"] == "true"
+    assert image.text["berthwatch:scene_id"] == scene_id
+    rgb = image.convert("RGB")
+    band = [rgb.getpixel((x, y)) for x in range(0, image.width, 7)
+            for y in range(image.height - SIMULATED_BAND_PX, image.height)]
+    amber = sum(p == SIMULATED_COLOUR for p in band) / len(band)
+    assert amber > 0.8, amber  # the rest is the black lettering
+    assert any(p != SIMULATED_COLOUR for p in band)  # the text is there
+
+
 # --- pages -----------------------------------------------------------------------------------
 
 
@@ -111,18 +126,66 @@ def test_alert_page_shows_chips_metadata_ais_and_neighbours(client, demo):
     assert ESCAPED in text and "<script>alert" not in text
 
 
+# Below each picture: the caption strip (date, scale bar), then the SIMULATED band.
+BELOW = CAPTION_PX + SIMULATED_BAND_PX
+
+
 def test_chip_pngs_are_valid_images(client, demo):
     true = png(client.get(url(demo.alert, "/chip.png?bands=true")))
     false = png(client.get(url(demo.alert, "/chip.png?bands=false")))
-    assert true.size == false.size == (384, 384)
+    assert true.size == false.size == (384, 384 + BELOW)
     assert true.tobytes() != false.tobytes()
-    assert png(client.get(url(demo.alert, "/chip.png"))).size == (384, 384)
+    assert png(client.get(url(demo.alert, "/chip.png"))).size == (384, 384 + BELOW)
     assert client.get(url(demo.alert, "/chip.png?bands=nir")).status_code == 400
-    assert png(client.get(url(demo.alert, "/neighbour/previous.png"))).size == (192, 192)
-    assert png(client.get(url(demo.alert, "/neighbour/next.png"))).size == (192, 192)
+    assert png(client.get(url(demo.alert, "/neighbour/previous.png"))).size == (192, 192 + BELOW)
+    assert png(client.get(url(demo.alert, "/neighbour/next.png"))).size == (192, 192 + BELOW)
     last = demo.scenes[2] + "#0"
     assert client.get(url(last, "/neighbour/next.png")).status_code == 404
     assert client.get(url(demo.alert, "/neighbour/sideways.png")).status_code == 404
+
+
+def test_alert_page_shows_when_where_why_before_the_form(client, demo):
+    text = client.get(url(demo.alert)).text
+    form, table = text.index('id="verdict-form"'), text.index('class="vessels"')
+    facts = {"fact-time": "2024-03-06T01:50:00Z", "fact-port": "vostochny",
+             "fact-berth": "oil-terminal", "fact-score": "0.91", "fact-length": "100 m",
+             "fact-ais": "the nearest " + ESCAPED + " at 330 m: paired with another detection",
+             "fact-reasons": "unmatched berthed detection"}
+    for key, value in facts.items():
+        start = text.index(f'id="{key}"')
+        assert value in text[start:start + 300], key
+        assert start < form and start < table, key
+    for image in ('id="chip-true"', 'id="chip-clean"', f'src="{url(demo.alert)}/overview.png"'):
+        assert text.index(image) < form, image
+
+
+def test_clean_chip_and_overview_are_pngs(client, demo):
+    marked = png(client.get(url(demo.alert, "/chip.png")))
+    clean = png(client.get(url(demo.alert, "/clean.png")))
+    assert clean.size == marked.size
+    ring = (192 + 18, 192)  # on the red ring around the alert's vessel, in the chip's centre
+    assert marked.convert("RGB").getpixel(ring) == (255, 40, 40)
+    assert clean.convert("RGB").getpixel(ring) != (255, 40, 40)
+    overview = png(client.get(url(demo.alert, "/overview.png")))
+    assert overview.size == (640, 640 + BELOW)  # the 128 px scene, x5
+    pixels = np.asarray(overview.convert("RGB")).reshape(-1, 3)
+    colours = {tuple(int(v) for v in p) for p in np.unique(pixels, axis=0)}
+    assert {(255, 230, 0), (255, 40, 40), (0, 255, 255)} <= colours  # berth, alert, AIS
+    for image in (marked, clean, overview):
+        assert_marked_simulated(image, demo.scenes[1])
+    assert client.get(url("nope#1", "/overview.png")).status_code == 404
+
+
+def test_pictures_of_observed_scenes_carry_no_simulated_band(tmp_path):
+    demo = rw.build(tmp_path / "ws", simulated=False)
+    with TestClient(create_app(demo.ws.root), base_url=LOCAL) as c:
+        assert "SIMULATED" not in c.get(url(demo.alert)).text
+        for suffix, scene in (("/chip.png", 1), ("/clean.png", 1), ("/overview.png", 1),
+                              ("/neighbour/next.png", 2)):
+            image = png(c.get(url(demo.alert, suffix)))
+            assert image.text == {"berthwatch:scene_id": demo.scenes[scene],
+                                  "berthwatch:simulated": "false"}
+            assert image.height in (384 + CAPTION_PX, 640 + CAPTION_PX, 192 + CAPTION_PX)
 
 
 def test_external_strings_are_escaped_everywhere(client, demo):
@@ -245,8 +308,8 @@ def test_evidence_zip_manifest_hashes_match(client, demo):
     assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
     bundle = zipfile.ZipFile(io.BytesIO(response.content))
     manifest = json.loads(bundle.read("manifest.json"))
-    assert set(manifest["files"]) == {"chip_true.png", "chip_false.png", "detections.geojson",
-                                      "ais_positions.csv", "reviews.json"}
+    assert set(manifest["files"]) == {"chip_true.png", "chip_true_clean.png", "chip_false.png",
+                                      "detections.geojson", "ais_positions.csv", "reviews.json"}
     for name, digest in manifest["files"].items():
         assert hashlib.sha256(bundle.read(name)).hexdigest() == digest, name
     assert manifest["scene_id"] == demo.scenes[1]
@@ -254,8 +317,10 @@ def test_evidence_zip_manifest_hashes_match(client, demo):
     assert manifest["model"] == rw.MODEL and manifest["weights_sha256"] == rw.SHA
     assert manifest["reasons"][0] == "unmatched berthed detection"
     assert manifest["export_time"].endswith("Z") and manifest["status"] == "confirmed"
-    for name in ("chip_true.png", "chip_false.png"):
-        assert Image.open(io.BytesIO(bundle.read(name))).size == (384, 384)
+    for name in ("chip_true.png", "chip_true_clean.png", "chip_false.png"):
+        image = Image.open(io.BytesIO(bundle.read(name)))
+        assert image.size == (384, 384 + BELOW)
+        assert_marked_simulated(image, demo.scenes[1])
     detections = json.loads(bundle.read("detections.geojson"))
     assert detections["type"] == "FeatureCollection" and len(detections["features"]) == 3
     rows = list(csv.DictReader(io.StringIO(bundle.read("ais_positions.csv").decode())))

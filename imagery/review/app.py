@@ -46,6 +46,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from imagery.pipeline import open_workspace
 from imagery.review import db as review_db
 from imagery.review import media as review_media
+from imagery.scene import parse_time
 from imagery.workspace import Workspace
 
 HERE = Path(__file__).resolve().parent
@@ -144,12 +145,12 @@ def check_token(token: str) -> None:
 
 
 def serve(workspace: str | os.PathLike | None, host: str = "127.0.0.1", port: int = 8000,
-          token: str | None = None) -> None:
+          token: str | None = None, ports_dir: str | os.PathLike | None = None) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
     check_bind(host, token)
-    app = create_app(workspace, token=token)
+    app = create_app(workspace, token=token, ports_dir=ports_dir)
     shown = f"[{host}]" if ":" in host else host
     print(f"berthwatch review: http://{shown}:{port}/  (workspace {app.state.ws.root})")
     if token:
@@ -161,14 +162,17 @@ def serve(workspace: str | os.PathLike | None, host: str = "127.0.0.1", port: in
 # --- the app ---------------------------------------------------------------------------------
 
 
-def create_app(workspace_path: str | os.PathLike | None, token: str | None = None) -> FastAPI:
-    """The review app over one workspace; `token` turns on token authentication."""
+def create_app(workspace_path: str | os.PathLike | None, token: str | None = None,
+               ports_dir: str | os.PathLike | None = None) -> FastAPI:
+    """The review app over one workspace; `token` turns on token authentication; `ports_dir`
+    is where the port overview finds zones (default: the shipped ports)."""
     if token is not None:
         check_token(token)
     ws = open_workspace(workspace_path)
     review_db.ensure_schema(ws)
     app = FastAPI(title="berthwatch review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ws = ws
+    app.state.ports_dir = ports_dir
     app.state.templates = _templates()
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     # Added first, so it sits inside the security middleware: the route reads the body
@@ -425,8 +429,10 @@ def _install_pages(app: FastAPI) -> None:
         alert = load_alert(request, alert_id)
         view = _view(request, alert)
         ws = _ws(request)
+        considered = _considered(view)
         return _render(request, "alert.html", a=alert, view=view, scene=_scene_meta(ws, alert),
-                       considered=_considered(view), placed=_placed(view),
+                       considered=considered, placed=_placed(view),
+                       ais_verdict=_ais_verdict(considered),
                        vessels=view.vessels, neighbours=_neighbours(ws, alert),
                        history=review_db.history(ws, alert_id=alert_id),
                        verdicts=review_db.VERDICTS, message=_message(request))
@@ -461,6 +467,18 @@ def _considered(view: review_media.AlertView) -> list[dict]:
                         imo=info.imo if info else None,
                         watchlist=bool(info and info.watchlist)))
     return out
+
+
+def _ais_verdict(considered: list[dict]) -> str:
+    """One sentence: what AIS said about this vessel at the acquisition time."""
+    if not considered:
+        return "no AIS vessel was within reach at the acquisition time: none declares it"
+    nearest = min(considered, key=lambda c: c.get("distance_m") or float("inf"))
+    name = nearest.get("name") or f"MMSI {nearest['mmsi']}"
+    distance = _number(nearest.get("distance_m"))
+    why = f": {nearest['refused']}" if nearest.get("refused") else ""
+    return (f"no AIS vessel paired; {len(considered)} considered, the nearest {name} at "
+            f"{distance} m{why}")
 
 
 def _placed(view: review_media.AlertView) -> list[dict]:
@@ -581,6 +599,15 @@ def _install_files(app: FastAPI) -> None:
             raise HTTPException(400, "bands must be true or false")
         return _png(_view(request, load_alert(request, alert_id)).chip(bands))
 
+    @app.get("/alerts/{alert_id:path}/clean.png")
+    def clean_chip(request: Request, alert_id: str):
+        return _png(_view(request, load_alert(request, alert_id)).clean_chip())
+
+    @app.get("/alerts/{alert_id:path}/overview.png")
+    def overview(request: Request, alert_id: str):
+        view = _view(request, load_alert(request, alert_id))
+        return _png(_overview(_ws(request), view, request.app.state.ports_dir))
+
     @app.get("/alerts/{alert_id:path}/neighbour/{which}.png")
     def neighbour(request: Request, alert_id: str, which: str):
         alert = load_alert(request, alert_id)
@@ -622,6 +649,17 @@ def _neighbour_chip(ws: Workspace, alert: dict, which: str) -> bytes:
                                      scale=review_media.NEIGHBOUR_SCALE)
     vessels = review_db.scene_vessels(ws, scene["scene_id"])
     return review_media.render_chip(info, win, "true", vessels)
+
+
+def _overview(ws: Workspace, view: review_media.AlertView,
+              ports_dir: str | os.PathLike | None) -> bytes:
+    """The whole scene with zones, vessels and every AIS position placed at its time."""
+    info = view.info
+    whole = review_media.ChipWindow(0, 0, max(info.width, info.height), 1)
+    when = parse_time(view.alert["acquisition_time"])
+    placements, _ = review_media.ais_context(ws, info, whole, when)
+    port = review_media.port_geometry(view.alert["port"], ports_dir)
+    return review_media.render_overview(info, view.vessels, placements, view.focus, port)
 
 
 def _timeline(ws: Workspace, port: str) -> Response:
