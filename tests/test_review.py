@@ -78,7 +78,7 @@ def assert_marked_simulated(image: Image.Image, scene_id: str) -> None:
     band = [rgb.getpixel((x, y)) for x in range(0, image.width, 7)
             for y in range(image.height - SIMULATED_BAND_PX, image.height)]
     amber = sum(p == SIMULATED_COLOUR for p in band) / len(band)
-    assert amber > 0.8, amber  # the rest is the black lettering
+    assert amber > 0.6, amber  # the rest is the black lettering
     assert any(p != SIMULATED_COLOUR for p in band)  # the text is there
 
 
