@@ -515,7 +515,7 @@ def test_weak_tokens_are_refused(demo, weak, why):
 def test_strong_tokens_pass_the_entropy_estimate():
     import secrets
 
-    from imagery.review.app import MIN_TOKEN_BITS, token_bits
+    from imagery.review.security import MIN_TOKEN_BITS, token_bits
 
     for _ in range(200):
         check_bind("0.0.0.0", secrets.token_urlsafe())
