@@ -24,12 +24,23 @@ IMO, CallSign, VesselType, Status, Length, Width, ...) is recognised as is; othe
 their columns with `--columns FIELD=COLUMN,...`, FIELD one of `CSV_FIELDS` (mmsi, time, lat,
 lon required); fields not named are looked up under the usual header names (`CSV_ALIASES`,
 case-insensitive). The delimiter is whichever of , ; tab | the header uses most. Times are ISO
-8601 (naive = UTC) or Unix seconds/milliseconds. Watchlist CSV: header with any of mmsi, imo,
+8601 (naive = UTC) or Unix seconds/milliseconds. One row is one line: a quote still open at the
+end of a line rejects that row (`unbalanced_quote`) and the next line is read afresh, so a stray
+quote in a name cannot swallow the rows after it. Watchlist CSV: header with any of mmsi, imo,
 name (at least one per row) and note.
 
-Files may be gzip-compressed. Every loss is counted by reason, never fatal: the sentence-level
-reasons (malformed_line, bad_checksum, bad_tag_block_checksum, undecodable_sentence) count
-lines, the others count messages (or CSV rows).
+Values: both paths check every number with the same `RULES` (`check_values`): MMSI 1..999999999,
+nav status 0-15, heading 0-359 (511 unknown), SOG 0-102.2 kn (102.3 unknown), COG 0-359.9 (360
+unknown), ship type 0-99 (0 and the reserved 100-255 unknown), length and width under 500 m (0
+unknown), lat/lon in range and not 0,0; a CSV cell must also be a finite number (`bad_number`)
+and the MMSI cell 9 digits. A message or row with one bad value is rejected whole, counted by
+the reason of its first bad value; every other row is kept.
+
+Files may be gzip-compressed. A gzip stream cut short keeps the complete lines before the cut
+(the bytes before a cut are as written) and is counted `truncated_gzip`; a corrupt one (bad
+data or CRC: bytes already read may be wrong) is refused whole. Every loss is counted by reason,
+never fatal: the sentence-level reasons (malformed_line, bad_checksum, bad_tag_block_checksum,
+undecodable_sentence) count lines, the others count messages (or CSV rows).
 """
 
 from __future__ import annotations
@@ -43,12 +54,13 @@ import math
 import re
 import sqlite3
 import time
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from pyais.exceptions import AISBaseException, MissingPayloadException, UnknownMessageException
 from pyais.messages import AISSentence, GatehouseSentence, NMEASentence, NMEASentenceFactory
@@ -116,6 +128,7 @@ CREATE INDEX IF NOT EXISTS watchlist_name ON watchlist(name_key);
 """
 
 POSITION_TYPES = frozenset({1, 2, 3, 18, 19, 27})
+STATIC_TYPES = frozenset({5, 19, 24})
 # Real AIS archives start in the early 2000s; anything before 2000 or more than a day ahead
 # is a corrupt clock or a misread column, not an observation.
 MIN_EPOCH = 946_684_800
@@ -125,6 +138,8 @@ FUTURE_SLACK_S = 86_400
 # (sequence ids repeat every ten multi-part messages).
 MAX_FRAGMENT_GAP = 100
 BATCH = 5000
+# A CSV row of AIS is a few hundred characters; a longer line is garbage, skipped unread.
+MAX_CSV_LINE = 65_536
 
 # Optional timestamp column, optional tag block, then one sentence up to its checksum.
 _SENTENCE = re.compile(rb"(\\[^\\]*\\)?([!$][A-Z]{4,5},[^*\s]*\*[0-9A-Fa-f]{2})")
@@ -159,6 +174,9 @@ WATCHLIST_ALIASES: dict[str, tuple[str, ...]] = {
     "name": ("name", "vessel_name", "vesselname", "shipname", "ship_name"),
     "note": ("note", "notes", "reason", "comment", "remarks"),
 }
+
+
+T = TypeVar("T")
 
 
 class AisError(ValueError):
@@ -235,6 +253,11 @@ class ImportReport:
     time_min: str | None = None
     time_max: str | None = None
     watchlisted: list[tuple[int, str | None, WatchlistEntry]] = field(default_factory=list)
+
+    @property
+    def truncated(self) -> bool:
+        """The gzip stream ended early: what came before the cut is stored, the rest is not."""
+        return bool(self.rejected.get("truncated_gzip"))
 
 
 @dataclass
@@ -381,14 +404,135 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return row.fetchone() is not None
 
 
+# --- validity: one set of rules for NMEA messages and CSV rows --------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Valid values are low <= x < high (whole numbers only if `whole`); the `unknown` values
+    are AIS's "not available" codes, stored as NULL."""
+
+    reason: str
+    low: float
+    high: float
+    whole: bool = False
+    unknown: frozenset[float] = frozenset()
+
+
+# Ship types 100-255 fit the 8-bit field but are reserved; the NMEA decoder (pyais) reports
+# them as "not available", so both paths do.
+_RESERVED_SHIP_TYPES = frozenset(range(100, 256))
+# An MMSI has 9 digits; leading zeros (coast stations, group calls) leave fewer, and a few real
+# transmitters use odd ones: any 1..999999999 is kept, since a position is evidence of AIS
+# presence whatever the MMSI. 0 is "no MMSI".
+RULES: dict[str, Rule] = {
+    "mmsi": Rule("bad_mmsi", 1, 1_000_000_000, whole=True),
+    "sog_kn": Rule("bad_sog", 0, 102.3, unknown=frozenset({102.3})),
+    "cog_deg": Rule("bad_cog", 0, 360, unknown=frozenset({360})),
+    "heading_deg": Rule("bad_heading", 0, 360, unknown=frozenset({511})),
+    "nav_status": Rule("bad_nav_status", 0, 16, whole=True),
+    "ship_type": Rule("bad_ship_type", 0, 100, whole=True,
+                      unknown=frozenset({0}) | _RESERVED_SHIP_TYPES),
+    # The longest ships afloat are under 460 m; 0 is "not available".
+    "length_m": Rule("bad_length", 0, 500, unknown=frozenset({0})),
+    "width_m": Rule("bad_width", 0, 500, unknown=frozenset({0})),
+}
+
+
+def check_values(values: dict[str, float | None]) -> tuple[str | None, dict]:
+    """The one validity check of both paths: (reason, {}) for the first value outside its
+    `RULES` entry, else (None, the values with "not available" codes made None, whole numbers
+    as int). Every value is finite and bounded afterwards, so none can overflow SQLite."""
+    clean: dict[str, float | int | None] = {}
+    for name, value in values.items():
+        rule = RULES[name]
+        if value is None or value in rule.unknown:
+            clean[name] = None
+            continue
+        inside = math.isfinite(value) and rule.low <= value < rule.high
+        if not inside or (rule.whole and value != math.floor(value)):
+            return rule.reason, {}
+        clean[name] = int(value) if rule.whole else float(value)
+    return None, clean
+
+
+def position_problem(lon: object, lat: object) -> str | None:
+    if not isinstance(lon, int | float) or not isinstance(lat, int | float):
+        return "truncated_message"
+    if lon == 181.0 or lat == 91.0:
+        return "position_not_available"
+    if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
+        return "position_out_of_range"
+    if lon == 0.0 and lat == 0.0:
+        # A GPS without a fix often reports 0,0; no ship reports from there.
+        return "position_null_island"
+    return None
+
+
+def checked_position(mmsi: int, t: int, lon: object, lat: object, sog: float | None,
+                     cog: float | None, heading: float | None, status: float | None,
+                     msg_type: int | None = None) -> tuple[str | None, Position | None]:
+    """A position report as both paths build it: (reason, None) or (None, Position)."""
+    problem = position_problem(lon, lat)
+    if problem:
+        return problem, None
+    assert isinstance(lon, int | float) and isinstance(lat, int | float)
+    problem, clean = check_values({"mmsi": mmsi, "sog_kn": sog, "cog_deg": cog,
+                                   "heading_deg": heading, "nav_status": status})
+    if problem:
+        return problem, None
+    return None, Position(t=t, lon=round(float(lon), 6), lat=round(float(lat), 6),
+                          msg_type=msg_type, **clean)
+
+
+def checked_static(mmsi: int, t: int, name: str | None, imo: int | None, callsign: str | None,
+                   ship_type: float | None, length: float | None,
+                   width: float | None) -> tuple[str | None, Static | None]:
+    """Static data as both paths build it: (reason, None), or (None, Static or None when it
+    holds nothing)."""
+    problem, clean = check_values({"mmsi": mmsi, "ship_type": ship_type, "length_m": length,
+                                   "width_m": width})
+    if problem:
+        return problem, None
+    static = Static(t=t, name=name, imo=imo, callsign=callsign, **clean)
+    return None, (static if any(v is not None for v in static.values()) else None)
+
+
+# --- reading files: gzip damage ----------------------------------------------------------------
+
+
+def _until_damage(lines: Iterable[T], path: Path, tally: Tally) -> Iterator[T]:
+    """The lines of a file, stopping where a gzip stream is cut short: the complete lines
+    before the cut are kept (the bytes before it are as written) and the file is counted
+    `truncated_gzip`. A stream that is corrupt (bad data or CRC) may already have yielded
+    wrong bytes, so the file is refused whole (AisError rolls its transaction back)."""
+    iterator = iter(lines)
+    while True:
+        try:
+            line = next(iterator)
+        except StopIteration:
+            return
+        except EOFError:
+            tally.rejected["truncated_gzip"] += 1
+            return
+        except (gzip.BadGzipFile, zlib.error) as exc:
+            raise AisError(f"{path}: corrupt gzip ({exc}); nothing imported from it") from None
+        yield line
+
+
 # --- format detection ------------------------------------------------------------------------
 
 
 def detect_format(path: Path) -> str:
     """'nmea' when one of the first lines holds a sentence, 'csv' when the first looks like a
     header with several columns."""
+    tally = Tally()
     with _open_binary(path) as handle:
-        lines = [line for line in (handle.readline() for _ in range(200)) if line.strip()]
+        head = itertools.islice(_until_damage(handle, path, tally), 200)
+        lines = [line for line in head if line.strip()]
+    if not lines and tally.rejected["truncated_gzip"]:
+        raise AisError(f"{path}: truncated gzip (the stream ends before its first complete "
+                       "line); nothing imported from it")
     if any(_SENTENCE.search(line) for line in lines):
         return "nmea"
     if lines and max(lines[0].count(sep) for sep in (b",", b";", b"\t", b"|")) >= 2:
@@ -420,7 +564,8 @@ class _Clock:
         count = 0
         if window and window[1] > window[0]:
             with _open_binary(path) as handle:
-                count = sum(1 for line in handle if _MESSAGE_START.search(line))
+                count = sum(1 for line in _until_damage(handle, path, Tally())
+                            if _MESSAGE_START.search(line))
         return cls(window, count)
 
     def tick(self, line: bytes) -> int | None:
@@ -612,79 +757,52 @@ def _decode(parts: list[_Fragment], tally: Tally) -> Iterator[Position | Static]
 
 
 def _message_records(message: object, t: int, tally: Tally) -> Iterator[Position | Static]:
+    """One decoded message to its records; a message with any value outside `RULES` is
+    rejected whole (a type 19 carries a position and static data: both go)."""
     msg_type = getattr(message, "msg_type", None)
     mmsi = getattr(message, "mmsi", None)
-    if not isinstance(mmsi, int) or mmsi <= 0:
+    if not isinstance(mmsi, int) or check_values({"mmsi": mmsi})[0]:
         tally.rejected["bad_mmsi"] += 1
         return
-    if msg_type in POSITION_TYPES:
-        position = _position(message, mmsi, t, tally)
-        if position:
-            yield position
-    if msg_type in (5, 19, 24):
-        static = _static(message, mmsi, t)
-        if static:
-            yield static
-    elif msg_type not in POSITION_TYPES:
+    if msg_type not in POSITION_TYPES and msg_type not in STATIC_TYPES:
         tally.skipped[f"message_type_{msg_type}"] += 1
+        return
+    position = static = None
+    if msg_type in POSITION_TYPES:
+        problem, position = _position(message, mmsi, t)
+        if problem:
+            tally.rejected[problem] += 1
+            return
+    if msg_type in STATIC_TYPES:
+        problem, static = _static(message, mmsi, t)
+        if problem:
+            tally.rejected[problem] += 1
+            return
+    yield from (record for record in (position, static) if record is not None)
 
 
-def _position_problem(lon: object, lat: object) -> str | None:
-    if not isinstance(lon, int | float) or not isinstance(lat, int | float):
-        return "truncated_message"
-    if lon == 181.0 or lat == 91.0:
-        return "position_not_available"
-    if not (-180.0 <= lon <= 180.0 and -90.0 <= lat <= 90.0):
-        return "position_out_of_range"
-    if lon == 0.0 and lat == 0.0:
-        # A GPS without a fix often reports 0,0; no ship reports from there.
-        return "position_null_island"
-    return None
-
-
-def _position(message: object, mmsi: int, t: int, tally: Tally) -> Position | None:
-    lon, lat = getattr(message, "lon", None), getattr(message, "lat", None)
-    problem = _position_problem(lon, lat)
-    if problem:
-        tally.rejected[problem] += 1
-        return None
+def _position(message: object, mmsi: int, t: int) -> tuple[str | None, Position | None]:
     msg_type = getattr(message, "msg_type", None)
-    # "Not available" is 102.3 kn (63 kn in type 27), course 360 (511 in type 27), heading 511.
-    sog_na = 63.0 if msg_type == 27 else 102.3
-    status = getattr(message, "status", None)
-    return Position(
-        mmsi=mmsi, t=t, lon=round(float(lon), 6), lat=round(float(lat), 6),
-        sog_kn=_below(getattr(message, "speed", None), sog_na),
-        cog_deg=_below(getattr(message, "course", None), 360.0),
-        heading_deg=_below(getattr(message, "heading", None), 360.0),
-        nav_status=int(status) if status is not None else None,
-        msg_type=msg_type,
-    )
+    speed, course = getattr(message, "speed", None), getattr(message, "course", None)
+    if msg_type == 27:
+        # Type 27 codes "not available" as 63 kn and 511 degrees (others: 102.3 kn, 360).
+        speed = None if speed == 63 else speed
+        course = None if course == 511 else course
+    return checked_position(mmsi, t, getattr(message, "lon", None), getattr(message, "lat", None),
+                            speed, course, getattr(message, "heading", None),
+                            getattr(message, "status", None), msg_type)
 
 
-def _below(value: object, limit: float) -> float | None:
-    """The value if it is a number under `limit` (which with all above it means unknown)."""
-    if isinstance(value, int | float) and 0 <= value < limit:
-        return float(value)
-    return None
+def _static(message: object, mmsi: int, t: int) -> tuple[str | None, Static | None]:
+    def dimension(a: str, b: str) -> int:
+        return (getattr(message, a, 0) or 0) + (getattr(message, b, 0) or 0)
 
-
-def _static(message: object, mmsi: int, t: int) -> Static | None:
-    def dimension(a: str, b: str) -> float | None:
-        total = (getattr(message, a, 0) or 0) + (getattr(message, b, 0) or 0)
-        return float(total) if total > 0 else None
-
-    ship_type = int(getattr(message, "ship_type", None) or 0)  # 0: not available
-    static = Static(
-        mmsi=mmsi, t=t,
-        name=_clean_text(getattr(message, "shipname", None)),
+    return checked_static(
+        mmsi, t, name=_clean_text(getattr(message, "shipname", None)),
         imo=_imo(getattr(message, "imo", None)),
         callsign=_clean_text(getattr(message, "callsign", None)),
-        ship_type=ship_type or None,
-        length_m=dimension("to_bow", "to_stern"),
-        width_m=dimension("to_port", "to_starboard"),
-    )
-    return static if any(v is not None for v in static.values()) else None
+        ship_type=int(getattr(message, "ship_type", None) or 0),
+        length=dimension("to_bow", "to_stern"), width=dimension("to_port", "to_starboard"))
 
 
 # --- CSV -------------------------------------------------------------------------------------
@@ -724,51 +842,72 @@ def _map_columns(header: list[str], explicit: dict[str, str], path: Path) -> dic
     return index
 
 
-def _csv_reader(handle: IO[str]) -> Iterator[list[str]]:
-    """A reader using whichever of , ; tab | the header line uses most."""
-    header = handle.readline()
-    delimiter = max(",;\t|", key=header.count)
-    return csv.reader(itertools.chain([header], handle), delimiter=delimiter)
-
-
-def _csv_records(handle: IO[str], path: Path, tally: Tally,
-                columns: dict[str, str]) -> Iterator[Position | Static]:
-    """Rows of a CSV export to position and static records, broken rows counted by reason."""
-    rows = _csv_reader(handle)
-    try:
-        header = next(rows)
-    except StopIteration:
-        return
-    index = _map_columns(header, columns, path)
-    while True:
-        try:
-            row = next(rows)
-        except StopIteration:
-            return
-        except csv.Error:
-            tally.rejected["unreadable_row"] += 1
+def _csv_lines(handle: IO[str], tally: Tally) -> Iterator[str]:
+    """Physical lines; one longer than MAX_CSV_LINE characters is counted `overlong_line` and
+    skipped without ever being held whole."""
+    while line := handle.readline(MAX_CSV_LINE):
+        if len(line) < MAX_CSV_LINE or line.endswith(("\n", "\r")):
+            yield line
             continue
-        if not any(cell.strip() for cell in row):
+        while line and not line.endswith(("\n", "\r")):
+            line = handle.readline(MAX_CSV_LINE)
+        tally.rejected["overlong_line"] += 1
+
+
+def _split(line: str, delimiter: str) -> list[str] | None:
+    """One physical line to its cells, or None when a quoted cell is still open at its end.
+    Each line is parsed on its own so a stray quote cannot swallow the rows after it (a
+    vessel name never legitimately holds a line break)."""
+    cells = next(csv.reader([line if line.endswith(("\n", "\r")) else line + "\n"],
+                            delimiter=delimiter))
+    # An open quote keeps the line break in its cell; a closed one never holds one.
+    return None if any("\n" in cell or "\r" in cell for cell in cells) else cells
+
+
+def _csv_records(lines: Iterable[str], path: Path, tally: Tally,
+                columns: dict[str, str]) -> Iterator[Position | Static]:
+    """Lines of a CSV export (one row per line) to position and static records, broken rows
+    counted by reason."""
+    lines = iter(lines)
+    header_line = next(lines, "")
+    if not header_line:
+        return
+    delimiter = max(",;\t|", key=header_line.count)
+    header = [cell.strip() for cell in next(csv.reader([header_line], delimiter=delimiter))]
+    index = _map_columns(header, columns, path)
+    for line in lines:
+        if not line.strip(" \t\r\n" + delimiter):
             tally.skipped["blank_line"] += 1
             continue
         tally.messages += 1
+        try:
+            row = _split(line, delimiter)
+        except csv.Error:
+            tally.rejected["unreadable_row"] += 1
+            continue
+        if row is None:
+            tally.rejected["unbalanced_quote"] += 1
+            continue
         yield from _csv_row(row, len(header), index, tally)
 
 
 def _csv_row(row: list[str], width: int, index: dict[str, int],
              tally: Tally) -> Iterator[Position | Static]:
+    """A row is stored whole or rejected whole, for the first reason found."""
     if len(row) != width:
         tally.rejected["wrong_column_count"] += 1
         return
     cell = {key: row[i].strip() for key, i in index.items()}
     problem, position = _csv_position(cell)
+    static = None
+    if position is not None:
+        problem, static = _csv_static(cell, position.mmsi, position.t)
     if problem:
         tally.rejected[problem] += 1
         return
     assert position is not None
     tally.timed += 1
     yield position
-    static = _csv_static(cell, position.mmsi, position.t)
     if static:
         yield static
 
@@ -784,6 +923,7 @@ def _number(text: str | None) -> float | None:
 
 
 def _csv_position(cell: dict[str, str]) -> tuple[str | None, Position | None]:
+    # Written with all 9 digits; an export that drops leading zeros loses those rows.
     if not re.fullmatch(r"\d{9}", cell["mmsi"]):
         return "bad_mmsi", None
     t = parse_time_text(cell["time"])
@@ -797,36 +937,17 @@ def _csv_position(cell: dict[str, str]) -> tuple[str | None, Position | None]:
                                      ("sog", "cog", "heading", "status"))
     except ValueError:
         return "bad_number", None
-    problem = _position_problem(lon, lat)
-    if problem:
-        return problem, None
-    assert lon is not None and lat is not None
-    return None, Position(
-        mmsi=int(cell["mmsi"]), t=t, lon=round(lon, 6), lat=round(lat, 6),
-        sog_kn=_below(sog, 102.3), cog_deg=_below(cog, 360.0), heading_deg=_below(heading, 360.0),
-        nav_status=int(status) if status is not None else None,
-    )
+    return checked_position(int(cell["mmsi"]), t, lon, lat, sog, cog, heading, status)
 
 
-def _csv_static(cell: dict[str, str], mmsi: int, t: int) -> Static | None:
-    def number(key: str) -> float | None:
-        try:
-            value = _number(cell.get(key))
-        except ValueError:
-            return None
-        return value if value and value > 0 else None
-
-    ship_type = number("shiptype")
-    static = Static(
-        mmsi=mmsi, t=t,
-        name=cell.get("name") or None,
-        imo=_imo(cell.get("imo")),
-        callsign=cell.get("callsign") or None,
-        ship_type=int(ship_type) if ship_type else None,
-        length_m=number("length"),
-        width_m=number("width"),
-    )
-    return static if any(v is not None for v in static.values()) else None
+def _csv_static(cell: dict[str, str], mmsi: int, t: int) -> tuple[str | None, Static | None]:
+    try:
+        ship_type, length, width = (_number(cell.get(k)) for k in ("shiptype", "length", "width"))
+    except ValueError:
+        return "bad_number", None
+    return checked_static(mmsi, t, name=cell.get("name") or None, imo=_imo(cell.get("imo")),
+                          callsign=cell.get("callsign") or None, ship_type=ship_type,
+                          length=length, width=width)
 
 
 # --- storing ---------------------------------------------------------------------------------
@@ -899,10 +1020,20 @@ class _Store:
 def import_file(ws: Workspace, path: str | Path, fmt: str | None = None,
                 received_at: str | None = None, columns: str | None = None) -> ImportReport:
     """Import one NMEA or CSV file in one transaction; a file already imported (same sha256)
-    adds nothing. Raises AisError for a file that cannot be imported as asked."""
+    adds nothing. Raises AisError, naming the file, for one that cannot be imported as asked
+    (nothing of it is stored then). Bad rows are counted, never raised; a truncated gzip
+    keeps its complete lines and says so in `report.truncated`."""
     path = Path(path)
     if not path.is_file():
         raise AisError(f"{path}: no such file")
+    try:
+        return _import_file(ws, path, fmt, received_at, columns)
+    except OSError as exc:
+        raise AisError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _import_file(ws: Workspace, path: Path, fmt: str | None, received_at: str | None,
+                 columns: str | None) -> ImportReport:
     fmt = fmt or detect_format(path)
     if fmt not in ("nmea", "csv"):
         raise AisError(f"{path}: unknown format {fmt!r}; use nmea or csv")
@@ -911,10 +1042,11 @@ def import_file(ws: Workspace, path: str | Path, fmt: str | None = None,
     report = ImportReport(file=str(path), sha256=sha256_file(path), format=fmt)
     ensure_schema(ws)
     with ws.transaction() as conn:
-        previous = conn.execute("SELECT finished_at FROM ais_imports WHERE sha256 = ?",
-                                (report.sha256,)).fetchone()
+        previous = conn.execute("SELECT finished_at, rejected FROM ais_imports "
+                                "WHERE sha256 = ?", (report.sha256,)).fetchone()
         if previous:
             report.already_imported, report.previous_import = True, previous[0]
+            report.rejected = json.loads(previous[1])
             return report
         seen = _run_import(conn, path, report, window, mapping, received_at)
     report.watchlisted = _watchlisted(ws, seen)
@@ -934,10 +1066,12 @@ def _run_import(conn: sqlite3.Connection, path: Path, report: ImportReport,
     store, tally = _Store(conn, import_id), Tally()
     with _open_binary(path) as handle:
         if report.format == "nmea":
-            records = _nmea_records(handle, tally, _Clock.for_file(path, window))
+            lines = _until_damage(handle, path, tally)
+            records = _nmea_records(lines, tally, _Clock.for_file(path, window))
         else:
             text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="replace", newline="")
-            records = _csv_records(text, path, tally, mapping)
+            lines = _until_damage(_csv_lines(text, tally), path, tally)
+            records = _csv_records(lines, path, tally, mapping)
         for record in records:
             store.add(record)
     store.flush()
@@ -992,10 +1126,11 @@ def _watchlisted(ws: Workspace, mmsis: Iterable[int]) -> list[tuple[int, str | N
 def describe_import(report: ImportReport) -> list[str]:
     """Lines for the terminal: what was stored, what was lost and why, watchlisted vessels."""
     head = f"{report.file} ({report.format}, sha256 {report.sha256[:12]})"
+    cut = " (TRUNCATED gzip: only the lines before the cut)" if report.truncated else ""
     if report.already_imported:
-        return [f"{head}: already imported ({report.previous_import}); nothing added"]
+        return [f"{head}: already imported ({report.previous_import}){cut}; nothing added"]
     span = f", {report.time_min} to {report.time_max}" if report.time_min else ""
-    lines = [f"{head}: {report.messages} messages/rows, {report.accepted} positions stored, "
+    lines = [f"{head}{cut}: {report.messages} messages/rows, {report.accepted} positions stored, "
              f"{report.duplicates} duplicates, {report.static_updates} vessel updates, "
              f"{report.vessels} vessels{span}"]
     for label, counts in (("rejected", report.rejected), ("skipped", report.skipped)):
