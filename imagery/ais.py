@@ -443,14 +443,15 @@ def check_values(values: dict[str, float | None]) -> tuple[str | None, dict]:
     """The one validity check of both paths: (reason, {}) for the first value outside its
     `RULES` entry, else (None, the values with "not available" codes made None, whole numbers
     as int). Every value is finite and bounded afterwards, so none can overflow SQLite."""
-    clean: dict[str, float | int | None] = {}
+    clean: dict[str, float | int | None] = dict.fromkeys(values)
     for name, value in values.items():
-        rule = RULES[name]
-        if value is None or value in rule.unknown:
-            clean[name] = None
+        if value is None:
             continue
-        inside = math.isfinite(value) and rule.low <= value < rule.high
-        if not inside or (rule.whole and value != math.floor(value)):
+        rule = RULES[name]
+        if value in rule.unknown:
+            continue
+        # Comparisons are False for NaN; infinities fall outside every range.
+        if not rule.low <= value < rule.high or (rule.whole and value != int(value)):
             return rule.reason, {}
         clean[name] = int(value) if rule.whole else float(value)
     return None, clean
@@ -858,6 +859,8 @@ def _split(line: str, delimiter: str) -> list[str] | None:
     """One physical line to its cells, or None when a quoted cell is still open at its end.
     Each line is parsed on its own so a stray quote cannot swallow the rows after it (a
     vessel name never legitimately holds a line break)."""
+    if '"' not in line:  # the common case: nothing quoted, the csv module would only split
+        return line.rstrip("\r\n").split(delimiter)
     cells = next(csv.reader([line if line.endswith(("\n", "\r")) else line + "\n"],
                             delimiter=delimiter))
     # An open quote keeps the line break in its cell; a closed one never holds one.
