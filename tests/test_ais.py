@@ -14,6 +14,7 @@ import pytest
 from pyais import encode_dict
 
 from imagery import ais
+from imagery.ais import nmea, store
 from imagery.cli import main
 from imagery.workspace import Workspace
 
@@ -291,7 +292,7 @@ def test_crash_mid_import_keeps_nothing_of_that_file(ws: Workspace, tmp_path: Pa
                               [tagged(vdm(position(211000030, 1.0, 1.0))[0], c=T0)]))
     path = write(tmp_path / "crash.nmea", [tagged(vdm(position(211000031 + i, 2.0, 2.0))[0],
                                                   c=T0 + i) for i in range(5)])
-    real_position, calls = ais._position, []
+    real_position, calls = nmea._position, []
 
     def dying(*args, **kwargs):
         calls.append(1)
@@ -299,13 +300,13 @@ def test_crash_mid_import_keeps_nothing_of_that_file(ws: Workspace, tmp_path: Pa
             raise KeyboardInterrupt  # as if killed part-way
         return real_position(*args, **kwargs)
 
-    monkeypatch.setattr(ais, "_position", dying)
-    monkeypatch.setattr(ais, "BATCH", 1)  # rows already written when it dies
+    monkeypatch.setattr(nmea, "_position", dying)
+    monkeypatch.setattr(store, "BATCH", 1)  # rows already written when it dies
     with pytest.raises(KeyboardInterrupt):
         ais.import_file(ws, path)
     assert query(ws, "SELECT mmsi FROM ais_positions") == [(211000030,)]
     assert query(ws, "SELECT COUNT(*) FROM ais_imports") == [(1,)]
-    monkeypatch.setattr(ais, "_position", real_position)
+    monkeypatch.setattr(nmea, "_position", real_position)
     assert ais.import_file(ws, path).accepted == 5
 
 
