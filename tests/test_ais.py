@@ -586,6 +586,27 @@ def test_watchlist_flags_vessels_on_import(ws: Workspace, tmp_path: Path):
     assert {mmsi for mmsi, _, _ in later.seen} == {445000001, 445000002, 445000003}
 
 
+def test_watchlist_stray_quote_and_null_mmsi(ws: Workspace, tmp_path: Path):
+    report = ais.import_watchlist(ws, write(tmp_path / "w.csv", [
+        "mmsi,name,note", '445000011,"OPEN QUOTE,x', "445000012,AFTER,y", "000000000,ZERO,z",
+        '445000013,"QUOTED, FINE",w']))
+    assert report.rejected == {"bad_mmsi": 1, "unbalanced_quote": 1}
+    assert query(ws, "SELECT mmsi, name FROM watchlist ORDER BY mmsi") == [
+        (445000012, "AFTER"), (445000013, "QUOTED, FINE")]
+
+
+@pytest.mark.parametrize("damage", ["cut", "crc"])
+def test_damaged_gzip_watchlist_adds_nothing(ws: Workspace, tmp_path: Path, damage: str):
+    rows = "mmsi,note\n" + "".join(f"{445100000 + i},listed\n" for i in range(2000))
+    packed = gzip.compress(rows.encode())
+    packed = packed[: len(packed) // 2] if damage == "cut" else packed[:-8] + bytes(8)
+    path = tmp_path / f"{damage}.csv.gz"
+    path.write_bytes(packed)
+    with pytest.raises(ais.AisError, match=f"{damage}.csv.gz: (truncated|corrupt) gzip"):
+        ais.import_watchlist(ws, path)
+    assert query(ws, "SELECT COUNT(*) FROM watchlist") == [(0,)]
+
+
 def test_watchlist_needs_an_identifier_column(ws: Workspace, tmp_path: Path):
     with pytest.raises(ais.AisError, match="mmsi, imo or name"):
         ais.import_watchlist(ws, write(tmp_path / "w.csv", ["vessel,comment", "X,Y"]))

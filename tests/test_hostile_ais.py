@@ -130,3 +130,14 @@ def test_all_good_files_exit_0_with_a_summary(tmp_path: Path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "ais import: 2 files imported"
     assert done.stderr == ""
+
+
+def test_damaged_watchlist_gets_one_line(tmp_path: Path):
+    packed = gzip.compress(("mmsi,note\n" + "445200000,listed\n" * 3000).encode())
+    bad = tmp_path / "watch.csv.gz"
+    bad.write_bytes(packed[: len(packed) // 2])
+    done = berthwatch("watchlist", "import", str(bad), "--workspace", str(tmp_path / "ws"))
+    assert done.returncode == 2
+    assert "Traceback" not in done.stdout + done.stderr
+    assert error_lines(done.stderr, "watch.csv.gz") == done.stderr.strip().splitlines()
+    assert "truncated gzip" in done.stderr

@@ -27,7 +27,7 @@ case-insensitive). The delimiter is whichever of , ; tab | the header uses most.
 8601 (naive = UTC) or Unix seconds/milliseconds. One row is one line: a quote still open at the
 end of a line rejects that row (`unbalanced_quote`) and the next line is read afresh, so a stray
 quote in a name cannot swallow the rows after it. Watchlist CSV: header with any of mmsi, imo,
-name (at least one per row) and note.
+name (at least one per row) and note, read the same way; a damaged gzip watchlist adds nothing.
 
 Values: both paths check every number with the same `RULES` (`check_values`): MMSI 1..999999999,
 nav status 0-15, heading 0-359 (511 unknown), SOG 0-102.2 kn (102.3 unknown), COG 0-359.9 (360

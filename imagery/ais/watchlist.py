@@ -6,20 +6,23 @@ import csv
 import io
 import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
 
+from imagery.ais.csv_rows import _csv_lines, _split
 from imagery.ais.queries import _watchlisted
 from imagery.ais.records import (
     AisError,
+    Tally,
     WatchlistReport,
     _imo,
     _open_binary,
+    _until_damage,
     ensure_schema,
     name_key,
     printable,
 )
+from imagery.ais.rules import check_values
 from imagery.workspace import Workspace, utc_now
 
 WATCHLIST_ALIASES: dict[str, tuple[str, ...]] = {
@@ -34,15 +37,25 @@ WATCHLIST_ALIASES: dict[str, tuple[str, ...]] = {
 
 def import_watchlist(ws: Workspace, path: str | Path) -> WatchlistReport:
     """Add the vessels of a CSV (columns mmsi, imo, name, note; any subset with at least one
-    identifier) to the watchlist; entries already listed are kept as they are."""
+    identifier) to the watchlist; entries already listed are kept as they are. Rows are read
+    as AIS CSV rows are (one per line); a damaged gzip adds nothing (AisError)."""
     path = Path(path)
     if not path.is_file():
         raise AisError(f"{path}: no such file")
     ensure_schema(ws)
-    report, rejected = WatchlistReport(file=str(path)), Counter()
+    try:
+        return _import_watchlist(ws, path)
+    except OSError as exc:
+        raise AisError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def _import_watchlist(ws: Workspace, path: Path) -> WatchlistReport:
+    report, tally = WatchlistReport(file=str(path)), Tally()
+    rejected = tally.rejected
     with ws.transaction() as conn, _open_binary(path) as raw:
         handle = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="")
-        for entry in _watchlist_rows(handle, path, rejected):
+        lines = _until_damage(_csv_lines(handle, tally), path, tally)
+        for entry in _watchlist_rows(lines, path, rejected):
             before = conn.total_changes
             conn.execute(
                 "INSERT OR IGNORE INTO watchlist (entry_key, mmsi, imo, name, name_key, note,"
@@ -52,7 +65,10 @@ def import_watchlist(ws: Workspace, path: str | Path) -> WatchlistReport:
             added = conn.total_changes - before
             report.added += added
             report.already_listed += 1 - added
-    report.rejected = dict(sorted(rejected.items()))
+        if rejected["truncated_gzip"]:
+            # Raised inside the transaction: a watchlist is taken whole or not at all.
+            raise AisError(f"{path}: truncated gzip (the stream ends early); nothing added")
+    report.rejected = dict(sorted((k, v) for k, v in rejected.items() if v))
     report.seen = _watchlisted(ws, _candidates(ws))
     return report
 
@@ -69,17 +85,25 @@ def describe_watchlist(report: WatchlistReport) -> list[str]:
     return lines
 
 
-def _watchlist_rows(handle: IO[str], path: Path,
+def _watchlist_rows(lines: Iterable[str], path: Path,
                     rejected: Counter) -> Iterator[tuple[int | None, int | None, str | None,
                                                          str | None]]:
-    reader = csv.reader(handle)
-    header = [h.strip().lower() for h in next(reader, [])]
+    lines = iter(lines)
+    header = [h.strip().lower() for h in _split(next(lines, ""), ",") or []]
     index = {key: next((header.index(a) for a in aliases if a in header), None)
              for key, aliases in WATCHLIST_ALIASES.items()}
     if all(index[k] is None for k in ("mmsi", "imo", "name")):
         raise AisError(f"{path}: a watchlist needs a header with mmsi, imo or name "
                        f"(and optionally note); found {', '.join(header) or 'nothing'}")
-    for row in reader:
+    for line in lines:
+        try:
+            row = _split(line, ",")
+        except csv.Error:
+            rejected["unreadable_row"] += 1
+            continue
+        if row is None:  # a quote left open: this row only, the next line is read afresh
+            rejected["unbalanced_quote"] += 1
+            continue
         cell = {k: (row[i].strip() if i is not None and i < len(row) else "")
                 for k, i in index.items()}
         problem, entry = _watchlist_entry(cell)
@@ -92,7 +116,8 @@ def _watchlist_rows(handle: IO[str], path: Path,
 def _watchlist_entry(cell: dict[str, str]) -> tuple[str | None, tuple | None]:
     if not any(cell[k] for k in ("mmsi", "imo", "name")):
         return ("empty_row" if not any(cell.values()) else "no_identifier"), None
-    if cell["mmsi"] and not re.fullmatch(r"\d{9}", cell["mmsi"]):
+    if cell["mmsi"] and (not re.fullmatch(r"\d{9}", cell["mmsi"])
+                         or check_values({"mmsi": int(cell["mmsi"])})[0]):
         return "bad_mmsi", None
     imo = _imo(cell["imo"]) if cell["imo"] else None
     if cell["imo"] and imo is None:
