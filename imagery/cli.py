@@ -250,18 +250,32 @@ def cmd_ais_import(args: argparse.Namespace) -> int:
     from imagery import ais
     from imagery.workspace import Workspace
 
-    ws, errors = Workspace.open(args.workspace), []
+    ws, failed, truncated = Workspace.open(args.workspace), [], []
     for path in args.files:
-        # One bad file does not stop the others; each is its own transaction.
+        # Each file is its own unit (its own transaction): a bad one is named on one line and
+        # the others still import.
         try:
             report = ais.import_file(ws, path, args.format, args.received_at, args.columns)
         except ais.AisError as exc:
-            errors.append(str(exc))
+            print(f"berthwatch ais import: error: {exc}", file=sys.stderr)
+            failed.append(path)
             continue
         print("\n".join(ais.describe_import(report)))
-    if errors:
-        raise UserError("; ".join(errors))
-    return 0
+        if report.truncated:
+            print(f"berthwatch ais import: error: {path}: truncated gzip (the stream ends early); "
+                  "its complete lines before the cut are stored; import a complete copy "
+                  "(rows already stored are not stored twice)", file=sys.stderr)
+            truncated.append(path)
+    if not failed and not truncated:
+        if len(args.files) > 1:
+            print(f"ais import: {len(args.files)} files imported")
+        return 0
+    whole = len(args.files) - len(failed) - len(truncated)
+    print(f"ais import: {whole} of {len(args.files)} files imported"
+          + (f"; truncated, partly imported: {', '.join(truncated)}" if truncated else "")
+          + (f"; failed, nothing imported: {', '.join(failed)}" if failed else ""),
+          file=sys.stderr)
+    return 2
 
 
 def cmd_watchlist_import(args: argparse.Namespace) -> int:
