@@ -341,3 +341,48 @@ def test_save_weights_roundtrip(tmp_path):
     x, present = torch.rand(2, 5, 32, 32) * 0.3, torch.ones(2, 5, dtype=torch.bool)
     with torch.inference_mode():
         assert torch.allclose(model.eval()(x, present), loaded(x, present), atol=1e-4)
+
+
+# The two detections the demo's Vostochny scene of 2024-03-19 gave on one 102 m vessel (heading
+# 90), as the shipped model estimated them: 2 px apart, equal scores, headings 66 and 95.
+DEMO_TWIN = [(225.5, 308.5, 0.5209, 72.0, 10.0, 66.0), (227.5, 308.5, 0.5205, 72.0, 11.0, 95.0)]
+
+
+def _detections(rows) -> list[detector.Detection]:
+    return [detector.Detection(px_x=x, px_y=y, score=s, length_m=length, width_m=width,
+                               heading_deg=h) for x, y, s, length, width, h in rows]
+
+
+def test_suppress_drops_a_second_peak_on_one_hull_either_way_round():
+    # The stronger peak's narrow hull (heading 66) misses the weaker centre by 0.8 px across;
+    # the weaker one's hull (heading 95) holds the stronger centre: one vessel, kept once.
+    kept = detector.suppress(_detections(DEMO_TWIN), 10.0, 0.0, box_fraction=1.1)
+    assert [(d.px_x, d.score) for d in kept] == [(225.5, 0.5209)]
+
+
+def test_suppress_keeps_vessels_side_by_side_and_end_to_end():
+    rafted = [(100.5, 100.5, 0.8, 100.0, 16.0, 90.0), (100.5, 102.5, 0.7, 100.0, 16.0, 90.0)]
+    in_line = [(100.5, 100.5, 0.8, 100.0, 16.0, 90.0), (112.5, 100.5, 0.7, 100.0, 16.0, 90.0)]
+    for rows in (rafted, in_line):
+        assert len(detector.suppress(_detections(rows), 10.0, 0.0, box_fraction=1.1)) == 2
+
+
+def _heat_output(heat: np.ndarray, length_px: float = 8.0) -> torch.Tensor:
+    """A model output (1, 6, H, W) with this heat (probabilities) and a fixed size estimate."""
+    h = torch.from_numpy(heat).float()
+    out = torch.zeros(1, 6, *heat.shape)
+    out[0, 0] = torch.logit(h.clamp(1e-6, 1 - 1e-6))
+    out[0, 2], out[0, 3], out[0, 5] = math.log(length_px), math.log(1.5), 1.0
+    return out
+
+
+def test_decode_keeps_one_peak_on_a_ridge_and_two_across_a_valley():
+    heat = np.full((16, 24), 0.01)
+    # The shipped model's heat along that hull (row 308, columns 224-229 of the demo scene):
+    # two maxima 2 px apart with a 3 % dip between them.
+    heat[4, 2:8] = [0.209, 0.515, 0.5209, 0.5039, 0.5205, 0.5192]
+    heat[3, 3:7] = heat[5, 3:7] = 0.25
+    # Two vessels end to end: two hills 5 px apart with a valley at a fifth of their height.
+    heat[11, 10:17] = [0.3, 0.6, 0.3, 0.12, 0.3, 0.6, 0.3]
+    peaks = detector.decode_peaks(_heat_output(heat), threshold=0.4)[0]
+    assert sorted((p.x, p.y) for p in peaks) == [(4.5, 4.5), (11.5, 11.5), (15.5, 11.5)]
