@@ -45,6 +45,7 @@ from imagery.scene import (
     SceneInfo,
     open_scene,
     read_scl,
+    read_valid,
 )
 from imagery.tiling import chip_windows, iter_chips
 
@@ -616,8 +617,9 @@ def _to_wgs84(info: SceneInfo, detections: list[Detection]) -> None:
 
 
 def zone_visibility(info: SceneInfo, geometry_wgs84) -> float:
-    """Fraction of a zone that is visible: inside the scene and, when the scene has SCL, not
-    obscured (SCL_OBSCURED). Zones smaller than a pixel are judged by their centre pixel."""
+    """Fraction of a zone that is visible: inside the scene, holding data (`read_valid`: no
+    nodata, no all-zero fill) and, when the scene has SCL, not obscured (SCL_OBSCURED). Zones
+    smaller than a pixel are judged by their centre pixel."""
     to_scene = Transformer.from_crs("EPSG:4326", info.crs, always_xy=True)
     geom = shapely.transform(geometry_wgs84, lambda xy: np.column_stack(
         to_scene.transform(xy[:, 0], xy[:, 1])))
@@ -627,9 +629,7 @@ def zone_visibility(info: SceneInfo, geometry_wgs84) -> float:
     inside = ~geometry_mask([geom], shape, window_transform(win, info.transform))
     if not inside.any():
         inside[shape[0] // 2, shape[1] // 2] = True
-    rows = np.arange(int(win.row_off), int(win.row_off) + shape[0])[:, None]
-    cols = np.arange(int(win.col_off), int(win.col_off) + shape[1])[None, :]
-    visible = (rows >= 0) & (rows < info.height) & (cols >= 0) & (cols < info.width)
+    visible = read_valid(info, win)
     scl = read_scl(info, win)
     if scl is not None:
         visible &= ~np.isin(scl, SCL_OBSCURED)
@@ -716,9 +716,14 @@ def check_reflectance_scale(info: SceneInfo) -> None:
     """Refuse a scene whose pixels do not read as reflectance (a missing or wrong
     REFLECTANCE_SCALE): its median, from a decimated read, must be below 1."""
     band = next((b for b in ("B08", "B04", "B11") if b in info.bands), info.bands[0])
-    with rasterio.open(info.path) as src:
-        sample = src.read(info.band_index(band), out_shape=(min(info.height, 128),
-                                                            min(info.width, 128)))
+    try:
+        with rasterio.open(info.path) as src:
+            sample = src.read(info.band_index(band), out_shape=(min(info.height, 128),
+                                                                min(info.width, 128)))
+    except rasterio.errors.RasterioError as exc:
+        # A file whose header and first block read but whose body is damaged.
+        reason = str(exc).splitlines()[0][:200]
+        raise SceneError(info.path, f"corrupt pixel data ({reason})") from None
     median = float(np.median(sample)) / info.reflectance_scale
     if not median < 1.0:
         raise SceneError(
