@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -43,6 +44,7 @@ from imagery.scene import (
     SCL_WATER,
     SceneError,
     SceneInfo,
+    describe_read_error,
     open_scene,
     read_scl,
     read_valid,
@@ -208,8 +210,12 @@ def registry(directory: str | os.PathLike | None = None) -> dict[str, WeightsEnt
             data = json.loads(meta.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError):
             continue
-        if isinstance(data, dict) and "sha256" in data and "file" in data:
-            entries[data["name"]] = WeightsEntry.from_json(data, str(folder) if directory else None)
+        if isinstance(data, dict) and "sha256" in data and "file" in data and "name" in data:
+            try:
+                entries[data["name"]] = WeightsEntry.from_json(
+                    data, str(folder) if directory else None)
+            except TypeError:
+                continue  # not a weights entry: load_state would name what is wrong
     return entries
 
 
@@ -227,19 +233,51 @@ def get_weights(name_or_path: str | os.PathLike | None = None) -> WeightsEntry:
     text = str(name_or_path)
     path = Path(text)
     if path.suffix in (".pt", ".json") or os.sep in text or path.exists():
+        if not path.exists():
+            raise DetectorError(f"{path}: weights file not found")
         meta = path.with_suffix(".json")
         if not meta.exists():
             raise DetectorError(f"{meta}: no metadata beside the weights (expected {meta.name})")
-        try:
-            data = json.loads(meta.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise DetectorError(f"{meta}: invalid weights metadata ({exc.msg})") from None
-        return WeightsEntry.from_json(data, str(meta.parent))
+        return _read_metadata(meta)
     entries = registry()
     if text not in entries:
         known = ", ".join(sorted(entries)) or "none"
         raise DetectorError(f"unknown weights {text!r}; known: {known}")
     return entries[text]
+
+
+def _read_metadata(meta: Path) -> WeightsEntry:
+    """A weights metadata file, or DetectorError naming it and what is wrong."""
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DetectorError(f"{meta}: cannot read weights metadata ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise DetectorError(f"{meta}: invalid weights metadata ({exc.msg})") from None
+    if not isinstance(data, dict):
+        raise DetectorError(f"{meta}: weights metadata must be a JSON object")
+    missing = [k for k in ("name", "file", "sha256", "size") if k not in data]
+    if missing:
+        raise DetectorError(f"{meta}: weights metadata lacks {', '.join(missing)}")
+    try:
+        entry = WeightsEntry.from_json(data, str(meta.parent))
+    except (TypeError, ValueError) as exc:
+        raise DetectorError(f"{meta}: invalid weights metadata ({exc})") from None
+    if len(entry.widths) != 4 or not all(type(w) is int and w > 0 for w in entry.widths):
+        raise DetectorError(f"{meta}: widths {list(entry.widths)} must be four positive ints")
+    _check_file_name(entry, meta)
+    return entry
+
+
+def _check_file_name(entry: WeightsEntry, meta: Path | str) -> None:
+    """The metadata's `file` must name a file in its own folder: a path out of it (`../x`,
+    `/etc/x`) would load (and hash) whatever file it points at."""
+    name = entry.file
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name \
+            or "/" in name or "\\" in name:
+        raise DetectorError(
+            f"{meta}: weights file {name!r} must be a file name in the metadata's folder"
+        )
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -256,8 +294,9 @@ def load_state(
     """The model of a weights entry as saved (BatchNorm kept, trainable), and the entry; the
     sha256 is checked BEFORE unpickling."""
     entry = get_weights(name_or_path)
+    _check_file_name(entry, f"weights {entry.name}")
     path = entry.path
-    if not path.exists():
+    if not path.is_file():
         raise DetectorError(f"{path}: weights file not found")
     actual = file_sha256(path)
     if actual != entry.sha256:
@@ -265,10 +304,33 @@ def load_state(
             f"{path}: sha256 mismatch (expected {entry.sha256}, got {actual}); the weights were "
             "altered or corrupted, refusing to load them"
         )
-    state = torch.load(path, map_location=device, weights_only=True)
+    try:
+        # weights_only: tensors and plain containers only; a pickle with code is refused.
+        # Its warnings (e.g. an unusual pickle protocol) would add lines to the one error.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # truncated, empty, not a torch file, or a refused pickle
+        raise DetectorError(f"{path}: not loadable weights ({_first_line(exc)})") from None
     model = BerthNet(tuple(entry.widths), len(entry.bands))
-    model.load_state_dict(state)
+    if not isinstance(state, dict):
+        raise DetectorError(f"{path}: holds a {type(state).__name__}, not a model state dict")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DetectorError(
+            f"{path}: weights do not fit BerthNet widths {list(entry.widths)} "
+            f"({_first_line(exc)})"
+        ) from None
     return model, entry
+
+
+def _first_line(exc: BaseException) -> str:
+    """The informative first line of an error (load_state_dict's first is a bare header)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    return (lines[0] if lines else type(exc).__name__)[:200]
 
 
 def load_model(
@@ -722,8 +784,7 @@ def check_reflectance_scale(info: SceneInfo) -> None:
                                                                 min(info.width, 128)))
     except rasterio.errors.RasterioError as exc:
         # A file whose header and first block read but whose body is damaged.
-        reason = str(exc).splitlines()[0][:200]
-        raise SceneError(info.path, f"corrupt pixel data ({reason})") from None
+        raise SceneError(info.path, f"corrupt pixel data ({describe_read_error(exc)})") from None
     median = float(np.median(sample)) / info.reflectance_scale
     if not median < 1.0:
         raise SceneError(

@@ -225,8 +225,18 @@ def _default_scene_id(path: Path) -> str:
     return path.parent.name if path.stem == "scene" else path.stem
 
 
-def _short(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200]
+def _short(exc: BaseException) -> str:
+    """The first line of an error; rasterio's "See previous exception" read errors carry
+    GDAL's own message (which block failed) as their cause."""
+    text = str(exc)
+    if "previous exception" in text and exc.__cause__ is not None:
+        text = str(exc.__cause__)
+    return (text.splitlines() or [type(exc).__name__])[0][:200]
+
+
+def describe_read_error(exc: BaseException) -> str:
+    """One line for a failed pixel read, for SceneError reasons."""
+    return _short(exc)
 
 
 def read_reflectance(

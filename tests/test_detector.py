@@ -386,3 +386,83 @@ def test_decode_keeps_one_peak_on_a_ridge_and_two_across_a_valley():
     heat[11, 10:17] = [0.3, 0.6, 0.3, 0.12, 0.3, 0.6, 0.3]
     peaks = detector.decode_peaks(_heat_output(heat), threshold=0.4)[0]
     assert sorted((p.x, p.y) for p in peaks) == [(4.5, 4.5), (11.5, 11.5), (15.5, 11.5)]
+
+
+# --- hostile weights (issue 25, item 12) -------------------------------------------------------
+
+
+class _Reduces:
+    """Unpickling this calls os.getcwd: harmless, but code all the same."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def _state_bytes(state) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def hostile_weights(folder: Path, case: str) -> Path:
+    """A `.pt` and its metadata, bad in one way; the sha256 in the metadata matches the file,
+    so what is tested is what happens after the checksum."""
+    import hashlib
+    import pickle
+
+    good = _state_bytes(BerthNet((8, 8, 16, 16)).state_dict())
+    widths, name = [8, 8, 16, 16], "w.pt"
+    content = {
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+        "wrong-keys": _state_bytes({"conv.weight": torch.zeros(3, 3)}),
+        "wrong-widths": good,
+        "pickle": pickle.dumps({"stem.0.0.weight": _Reduces()}),
+        "pickle-in-zip": _state_bytes({"stem.0.0.weight": _Reduces()}),
+        "outside": good,
+        "absolute": good,
+    }[case]
+    if case == "wrong-widths":
+        widths = [16, 32, 64, 96]
+    if case == "outside":
+        name = "../outside.pt"
+    if case == "absolute":
+        name = str(folder.parent / "outside.pt")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "w.pt" if name == "w.pt" else folder.parent / "outside.pt"
+    target.write_bytes(content)
+    (folder / "w.pt").write_bytes(content)
+    meta = {"name": "w", "file": name, "sha256": hashlib.sha256(content).hexdigest(),
+            "size": len(content), "widths": widths}
+    (folder / "w.json").write_text(json.dumps(meta))
+    return folder / "w.pt"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("truncated", "w.pt: not loadable weights"),
+    ("empty", "w.pt: not loadable weights"),
+    ("wrong-keys", "w.pt: weights do not fit BerthNet widths [8, 8, 16, 16] (Missing key"),
+    ("wrong-widths", "w.pt: weights do not fit BerthNet widths [16, 32, 64, 96] (size mismatch"),
+    ("pickle", "w.pt: not loadable weights (Weights only load failed"),
+    ("pickle-in-zip", "w.pt: not loadable weights (Weights only load failed"),
+    ("outside", "w.json: weights file '../outside.pt' must be a file name in the metadata's"),
+    ("absolute", "outside.pt' must be a file name in the metadata's folder"),
+])
+def test_bad_weights_get_one_clear_line(tmp_path, case, message):
+    path = hostile_weights(tmp_path / "weights", case)
+    with pytest.raises(DetectorError) as info:
+        load_model(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(DetectorError, match=r"nope\.pt: weights file not found"):
+        load_model(tmp_path / "nope.pt")
+    path = hostile_weights(tmp_path / "weights", "truncated")
+    path.unlink()  # the metadata stays, naming a file that is gone
+    with pytest.raises(DetectorError, match=r"weights/w\.pt: weights file not found"):
+        load_model(tmp_path / "weights" / "w.json")
