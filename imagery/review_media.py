@@ -82,7 +82,7 @@ def scene_info(ws: Workspace, scene_id: str) -> SceneInfo:
         conn.close()
     if row is None or not row["path"]:
         raise MediaError(f"scene {scene_id!r} has no stored file")
-    path = Path(row["path"]).resolve()
+    path = ws.resolve(row["path"]).resolve()
     if not path.is_relative_to(ws.root) or not path.is_file():
         raise MediaError(f"scene {scene_id!r}: file missing or outside the workspace")
     return open_scene(path, require_bands=None)
