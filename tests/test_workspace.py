@@ -1,8 +1,7 @@
-from datetime import UTC, datetime
-from pathlib import Path
-
 import shutil
 import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
