@@ -118,7 +118,8 @@ def verify_pixels(info: SceneInfo) -> None:
     except rasterio.errors.RasterioError as exc:
         where = ("opening it" if window is None
                  else f"block at row {int(window.row_off)}, column {int(window.col_off)}")
-        first_line = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        cause = exc.__cause__ or exc  # rasterio's own text says "see previous exception"
+        first_line = (str(cause).splitlines() or [type(cause).__name__])[0][:200]
         raise SceneError(info.path, f"cannot read pixels ({where}: {first_line})") from None
 
 
