@@ -198,6 +198,12 @@ def _run_once(args: argparse.Namespace) -> int:
           f"alerts: {report.alerts}; failed: {len(report.failed)}")
     if report.under_cloud:
         print(f"    {set_aside_line(report.under_cloud)}")
+    if report.no_ais_coverage:
+        print(f"    no AIS coverage: {report.no_ais_coverage} scene(s) had no AIS fix near their "
+              f"time, so no alert; {report.no_coverage_detections} berthed detection(s) not "
+              "compared (import AIS for that time and run again)")
+    for what, reason in report.skipped.items():
+        print(f"    skipped {what}: {reason}")
     for what, reason in report.failed.items():
         print(f"    failed {what}: {reason}")
     return 1 if report.failed else 0
@@ -234,12 +240,16 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from imagery.alerts import format_alerts, query_alerts
+    from imagery.alerts import coverage_lines, format_alerts, no_coverage_scenes, query_alerts
     from imagery.pipeline import open_workspace
 
     ws = open_workspace(args.workspace)
     rows = query_alerts(ws, port=args.port, since=args.since)
-    sys.stdout.write(format_alerts(rows, args.format))
+    gaps = no_coverage_scenes(ws, port=args.port, since=args.since)
+    sys.stdout.write(format_alerts(rows, args.format, gaps))
+    if args.format == "csv":  # CSV stays rows only: the coverage note goes to stderr
+        for line in coverage_lines(gaps):
+            print(line, file=sys.stderr)
     return 0
 
 

@@ -232,7 +232,7 @@ def score_against_truth(ws: Workspace, fleets: dict) -> dict:
         by_port: dict[str, int] = {}
         for s in scenes:
             fleet = fleets.get(s["port"], ([], {}))[0]
-            truth = load_truth(truth_path_for(s["path"]))
+            truth = load_truth(truth_path_for(ws.resolve(s["path"])))
             dark = [v for v in truth.vessels
                     if v.berthed and _dark_at(fleet, v.id, truth.acquisition_time)]
             alerts = [(a["lon"], a["lat"]) for a in conn.execute(

@@ -197,14 +197,18 @@ def test_a_bad_file_under_a_stored_scene_id_never_replaces_it(stored):
     assert sha256_file(ws.scene("GOOD").path) == good_sha
 
 
-def test_local_search_passes_over_bad_files(tmp_path):
+def test_local_search_reports_bad_files_for_the_catalog(tmp_path):
+    """Bad files come back as refs named after the file and carrying the reason, so fetch
+    records them as skipped (issue 25, item 7) instead of passing over them in silence."""
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("chongjin_64.tif", "corrupt.tif", "uint8.tif", "truncated.tif"):
         shutil.copy(DATA / name, folder / name)
     refs = LocalFolderSource(folder).search(get_port("chongjin"), datetime(2024, 1, 1, tzinfo=UTC),
                                             datetime(2024, 12, 31, tzinfo=UTC))
-    assert [r.scene_id for r in refs] == ["FIXTURE_CHONGJIN"]
+    assert [r.scene_id for r in refs] == ["FIXTURE_CHONGJIN", "file:corrupt.tif",
+                                          "file:truncated.tif", "file:uint8.tif"]
+    assert all(r.extra["unusable"] for r in refs[1:]) and "unusable" not in refs[0].extra
 
 
 # --- the real scenes -------------------------------------------------------------------------

@@ -82,14 +82,6 @@ def window_around(px: float, py: float, half: int = CHIP_HALF, scale: int = SCAL
     return ChipWindow(int(round(px)) - half, int(round(py)) - half, 2 * half, scale)
 
 
-def stored_path(ws: Workspace, text: str) -> Path:
-    """A file path as the database stores it: relative paths are relative to the workspace
-    root (so a moved or copied workspace still finds its files), absolute ones are taken as
-    they are (older workspaces)."""
-    path = Path(text)
-    return path if path.is_absolute() else ws.root / path
-
-
 def scene_info(ws: Workspace, scene_id: str) -> SceneInfo:
     """The scene's GeoTIFF, only if it lies inside the workspace (a path from the database
     is still never trusted to point elsewhere)."""
@@ -100,7 +92,7 @@ def scene_info(ws: Workspace, scene_id: str) -> SceneInfo:
         conn.close()
     if row is None or not row["path"]:
         raise MediaError(f"scene {scene_id!r} has no stored file")
-    path = stored_path(ws, row["path"]).resolve()
+    path = ws.resolve(row["path"]).resolve()
     if not path.is_relative_to(ws.root) or not path.is_file():
         raise MediaError(f"scene {scene_id!r}: file missing or outside the workspace")
     return open_scene(path, require_bands=None)
