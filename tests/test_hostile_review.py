@@ -286,6 +286,9 @@ def test_every_picture_of_a_simulated_scene_is_marked(client, demo):
         image = Image.open(io.BytesIO(client.get(url(demo.alert, suffix)).content))
         text, amber = _simulated_mark(image)
         assert text == "true" and amber > 0.6, suffix
+    timeline = Image.open(io.BytesIO(client.get("/timeline/vostochny.png").content))
+    assert _simulated_mark(timeline)[0] == "true" and _simulated_mark(timeline)[1] > 0.6
+    assert timeline.text["berthwatch:scene_id"] == "port:vostochny"
     bundle = zipfile.ZipFile(io.BytesIO(client.get(url(demo.alert, "/evidence.zip")).content))
     for name in bundle.namelist():
         if name.endswith(".png"):

@@ -324,7 +324,9 @@ def timeline_png(ws: Workspace, port: str, simulated: bool = False) -> Path | No
     rows = timeline_rows(ws, port)
     if not rows:
         return None
-    digest = hashlib.sha256(json.dumps([rows, simulated], sort_keys=True).encode()).hexdigest()
+    # "v2": plots cached before simulated ones carried their band are drawn again.
+    key = json.dumps([rows, simulated, "v2"], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()
     folder = ws.root / "review" / "timeline"
     path = folder / f"{port}-{digest[:16]}.png"
     if path.is_file():
@@ -333,7 +335,15 @@ def timeline_png(ws: Workspace, port: str, simulated: bool = False) -> Path | No
         old.unlink(missing_ok=True)
     title = f"{port}: vessels at berths per scene" + ("  (SIMULATED)" if simulated else "")
     plot_rows = [dict(r, time=parse_time(r["time"])) for r in rows]
-    return timeline_plot(plot_rows, path, title)
+    timeline_plot(plot_rows, path, title)
+    # Marked like every picture of simulated scenes: band and text chunks (the scene_id chunk
+    # names the port, `port:<name>`: a timeline is of many scenes).
+    with Image.open(path) as plot:
+        marked = mark_simulated(plot.convert("RGB"), simulated)
+    tmp = path.with_name(f".{path.name}.marked")
+    tmp.write_bytes(png_with_provenance(marked, f"port:{port}", simulated))
+    os.replace(tmp, path)
+    return path
 
 
 # --- evidence package ------------------------------------------------------------------------
