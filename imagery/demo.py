@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -163,6 +163,7 @@ class DemoResult:
     scenes: int
     hidden_found: int = 0  # alerts on dark vessels the truth marks hidden by cloud
     under_cloud: int = 0  # unmatched detections set aside on cloud, shadow or cirrus pixels
+    reports: dict[str, Path] = field(default_factory=dict)  # port -> its report page
 
 
 def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True,
@@ -210,7 +211,14 @@ def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True,
     plot = write_timeline(ws)
     return DemoResult(ws.root, score["alerts_by_port"], score["precision"], score["recall"],
                       score["tp"], score["fp"], score["fn"], plot, score["scenes"],
-                      score["hidden_found"], report.under_cloud)
+                      score["hidden_found"], report.under_cloud, write_reports(ws, ports))
+
+
+def write_reports(ws: Workspace, ports: list[Port]) -> dict[str, Path]:
+    """Each port's tanker-call report over the demo's weeks (`berthwatch report`)."""
+    from imagery.report import write_report
+
+    return {port.name: write_report(ws, port).page for port in ports}
 
 
 def _dark_at(fleet: list[DemoVessel], vessel_id: str, when: datetime) -> bool:
