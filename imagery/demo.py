@@ -221,6 +221,33 @@ def write_reports(ws: Workspace, ports: list[Port]) -> dict[str, Path]:
     return {port.name: write_report(ws, port).page for port in ports}
 
 
+def truth_tanker_calls(ws: Workspace, port: Port, seed: int = 7) -> dict[str, int]:
+    """month -> the simulation's tanker calls (AIS ship type 80-89) at `port` that a stored
+    scene saw: the vessel at its berth in the scene's truth and not hidden by cloud; each
+    counted once, in the month of the first scene that saw it."""
+    from imagery.simulate import load_truth, truth_path_for
+
+    conn = ws.connect()
+    try:
+        scenes = conn.execute("SELECT path FROM scenes WHERE port = ? AND status = 'stored'"
+                              " ORDER BY acquisition_time", (port.name,)).fetchall()
+    finally:
+        conn.close()
+    truths = [load_truth(truth_path_for(s["path"])) for s in scenes]
+    months: dict[str, int] = {}
+    for vessel in plan_fleet(port, seed):
+        if not 80 <= vessel.ship_type <= 89:
+            continue
+        for arrive, depart in vessel.calls:
+            seen = [t.acquisition_time for t in truths if arrive <= t.acquisition_time <= depart
+                    and any(v.id == vessel.id and v.berthed and not v.hidden_by_cloud
+                            for v in t.vessels)]
+            if seen:
+                month = min(seen).strftime("%Y-%m")
+                months[month] = months.get(month, 0) + 1
+    return months
+
+
 def _dark_at(fleet: list[DemoVessel], vessel_id: str, when: datetime) -> bool:
     v = next((v for v in fleet if v.id == vessel_id), None)
     return bool(v and v.dark and in_port(v, when))

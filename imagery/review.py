@@ -114,6 +114,9 @@ def create_app(workspace_path: str | os.PathLike | None, token: str | None = Non
     _install_pages(app)
     _install_actions(app)
     _install_files(app)
+    from imagery import vessel_type_web  # vessel-type choice, port figures, report pages
+
+    vessel_type_web.install(app)
     return app
 
 
