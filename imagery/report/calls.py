@@ -133,10 +133,8 @@ def build_calls(ws: Workspace, port: Port, start: datetime | None, end: datetime
     try:
         scenes = _scenes(conn, port, start, end)
         if not scenes:
-            where = "" if start is None and end is None else (
-                f" between {start:%Y-%m-%d} and {end:%Y-%m-%d}" if start and end
-                else f" {'from ' + f'{start:%Y-%m-%d}' if start else 'until ' + f'{end:%Y-%m-%d}'}")
-            raise ReportError(f"no scenes of port {port.name!r}{where} in workspace {ws.root}")
+            raise ReportError(f"no scenes of port {port.name!r}{_period(start, end)} "
+                              f"in workspace {ws.root}")
         start = start or _time(scenes[0]["acquisition_time"])
         end = end or _time(scenes[-1]["acquisition_time"])
         berths = {z.name for z in port.zones if z.kind == "berth"}
@@ -157,6 +155,14 @@ def build_calls(ws: Workspace, port: Port, start: datetime | None, end: datetime
     months = _months(scenes, berths, start, end, ws)
     simulated = any(s["simulated"] for s in scenes)
     return CallsResult(port, start, end, calls, months, simulated, models, config)
+
+
+def _period(start: datetime | None, end: datetime | None) -> str:
+    if start and end:
+        return f" between {start:%Y-%m-%d} and {end:%Y-%m-%d}"
+    if start:
+        return f" from {start:%Y-%m-%d}"
+    return f" until {end:%Y-%m-%d}" if end else ""
 
 
 def _scenes(conn: sqlite3.Connection, port: Port, start, end) -> list[dict]:

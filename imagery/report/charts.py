@@ -5,7 +5,7 @@ never as zero; charts made from simulated scenes say SIMULATED on the image."""
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from imagery.report.calls import CallsResult, monthly_counts
@@ -79,7 +79,9 @@ def cumulative_barrels_chart(result: CallsResult, out: str | os.PathLike) -> Pat
     start, end = result.start, result.end
     for year in range(start.year, end.year + 1):
         t0 = max(start, datetime(year, 1, 1, tzinfo=UTC))
-        t1 = min(end, datetime(year, 12, 31, 23, 59, tzinfo=UTC))
+        # To the end of the period's last day, so that calls on that day show as steps.
+        last_day = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
+        t1 = min(last_day, datetime(year + 1, 1, 1, tzinfo=UTC))
         times, low, mid, high = [t0], [0.0], [0.0], [0.0]
         for call in result.calls:
             if call.barrels is None or not t0 <= call.first_seen <= t1:

@@ -127,7 +127,7 @@ within {c.band_min_m:g}-{c.band_max_m:g} m (the small product tankers the DPRK i
 use). Calls an analyst rejected (no vessel) never count.</p>
 <p><b>Barrels</b> per tanker call: deadweight = (length / {c.length_per_cube_root_dwt:g})&sup3;
 tonnes; cargo = deadweight &times; {c.load_factor:g} (load factor); volume = cargo /
-{c.density_t_per_m3:g} t/m&sup3;; barrels = volume &times; {BARRELS_PER_M3:.3f}. Low and high use
+{c.density_t_per_m3:g} t/m&sup3;; barrels = volume &times; {BARRELS_PER_M3:.5f}. Low and high use
 the length minus and plus {c.length_error_m:g} m, the detector's median absolute length
 error. The cumulative chart restarts each calendar year, as the UN cap of
 {UN_ANNUAL_CAP_BARRELS:,} barrels a year does. Each port is counted on its own: a tanker
