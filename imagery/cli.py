@@ -329,14 +329,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from imagery.pipeline import open_workspace
     from imagery.report import ReportError, write_report
+    from imagery.tankers import config_with
 
     port = _port(args)  # an unknown port or a bad zone file fails here, before any writing
     if args.from_date and args.to_date and args.from_date > args.to_date:
         raise UserError(f"--from {args.from_date:%Y-%m-%d} is after --to {args.to_date:%Y-%m-%d}")
     try:
+        config = config_with(args.set or [])
         written = write_report(open_workspace(args.workspace), port, args.from_date,
-                               args.to_date, args.out)
-    except ReportError as exc:
+                               args.to_date, args.out, config)
+    except (ReportError, ValueError) as exc:
         raise UserError(str(exc)) from None
     for month, c in written.monthly.items():
         state = next(m.state for m in written.result.months if m.month == month)
@@ -528,6 +530,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--from", dest="from_date", type=_date, help="first date (default: first scene)")
     p.add_argument("--to", dest="to_date", type=_end_date, help="last date (default: last scene)")
     p.add_argument("--out", help="folder to write (default WORKSPACE/reports/PORT)")
+    p.add_argument("--set", action="append", metavar="NAME=NUMBER",
+                   help="change a tanker constant (imagery/tankers.py TankerConfig), e.g. "
+                        "load_factor=0.33; repeatable")
     p = add("alerts", cmd_alerts, "list undeclared port calls (unmatched berthed vessels)")
     p.add_argument("--port")
     p.add_argument("--since", type=_date)

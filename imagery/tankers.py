@@ -7,7 +7,7 @@ The README ("Tanker calls and barrels") states the rule and works one example by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 # --- the constants -----------------------------------------------------------------------------
 
@@ -64,6 +64,31 @@ class TankerConfig:
 
 
 DEFAULT_CONFIG = TankerConfig()
+
+
+def config_with(settings: list[str], base: TankerConfig = DEFAULT_CONFIG) -> TankerConfig:
+    """`["load_factor=0.33", ...]` (`berthwatch report --set`) applied to `base`; a
+    ValueError names the setting that is wrong."""
+    names = [f.name for f in fields(TankerConfig)]
+    changes: dict[str, float] = {}
+    for item in settings:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or name not in names:
+            raise ValueError(f"--set {item!r}: expected NAME=NUMBER with NAME one of "
+                             f"{', '.join(names)}")
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"--set {item!r}: {text!r} is not a number") from None
+        if value < 0 or (value == 0 and name != "length_error_m"):
+            raise ValueError(f"--set {item!r}: must be positive")
+        changes[name] = value
+    config = replace(base, **changes)
+    if config.band_min_m > config.band_max_m:
+        raise ValueError(f"--set: band_min_m {config.band_min_m:g} is above band_max_m "
+                         f"{config.band_max_m:g}")
+    return config
 
 
 # --- barrels -------------------------------------------------------------------------------------

@@ -112,6 +112,10 @@ def test_report_command_writes_the_folder(workspace, capsys, tmp_path):
     printed = capsys.readouterr().out
     assert code == 0
     assert "2024-02  not seen" in printed and f"report: {out / 'report.html'}" in printed
+    assert "cargo = deadweight &times; 0.9 (load factor)" in (out / "report.html").read_text()
+    assert main(["report", "--workspace", str(workspace.root), "--port", "vostochny",
+                 "--out", str(out), "--set", "load_factor=0.33"]) == 0
+    assert "cargo = deadweight &times; 0.33 (load factor)" in (out / "report.html").read_text()
     assert sorted(p.name for p in out.iterdir()) == [
         "calls.csv", "calls.geojson", "cumulative_barrels.png", "report.html",
         "tanker_calls_per_month.png"]
@@ -132,6 +136,7 @@ def test_bad_input_one_line_each_nothing_written(workspace, capsys, tmp_path):
         "no scenes of port 'vostochny' between 2023-01-01 and 2023-12-31": base + [
             "--port", "vostochny", "--from", "2023-01-01", "--to", "2023-12-31"],
         "property 'kind' is 'oil-jetty'": base + ["--port", "vostochny", "--ports", str(ports)],
+        "--set 'load=1': expected NAME=NUMBER": base + ["--port", "vostochny", "--set", "load=1"],
     }
     for expected, argv in cases.items():
         code, err = _run(capsys, *argv)

@@ -14,6 +14,7 @@ from imagery.tankers import (
     TankerConfig,
     barrels_for_length,
     barrels_range,
+    config_with,
     deadweight_t,
     gather_evidence,
     tanker_decision,
@@ -98,3 +99,14 @@ def test_an_oil_berth_kind_loads_and_an_unknown_kind_is_named(tmp_path):
     with pytest.raises(PortsError, match=r"bad.geojson: feature 1 \(q\): property 'kind' is "
                                          r"'oil_jetty'; expected .*'oil-berth'"):
         load_port_file(bad)
+
+
+def test_constants_are_configurable_and_bad_settings_are_named():
+    config = config_with(["load_factor=0.33", "band_max_m = 120"])
+    assert (config.load_factor, config.band_max_m) == (0.33, 120.0)
+    # One third of the load: one third of the barrels (18631.5 x 0.33 / 0.9 = 6831.5).
+    assert barrels_for_length(80.0, config) == pytest.approx(6831.5, abs=0.5)
+    for bad, message in (("load=1", "NAME one of"), ("load_factor=x", "not a number"),
+                         ("density_t_per_m3=0", "positive"), ("band_min_m=200", "above")):
+        with pytest.raises(ValueError, match=message):
+            config_with([bad])
