@@ -330,8 +330,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from imagery.pipeline import open_workspace
     from imagery.report import ReportError, write_report
     from imagery.tankers import config_with
+    from imagery.workspace import Workspace, default_home
 
     port = _port(args)  # an unknown port or a bad zone file fails here, before any writing
+    where = Workspace(args.workspace or default_home())
+    if not where.db_path.is_file():  # a report reads a workspace; it never starts one
+        raise UserError(f"{where.root}: not a berthwatch workspace (no {where.db_path.name})")
     if args.from_date and args.to_date and args.from_date > args.to_date:
         raise UserError(f"--from {args.from_date:%Y-%m-%d} is after --to {args.to_date:%Y-%m-%d}")
     try:

@@ -137,6 +137,8 @@ def test_bad_input_one_line_each_nothing_written(workspace, capsys, tmp_path):
             "--port", "vostochny", "--from", "2023-01-01", "--to", "2023-12-31"],
         "property 'kind' is 'oil-jetty'": base + ["--port", "vostochny", "--ports", str(ports)],
         "--set 'load=1': expected NAME=NUMBER": base + ["--port", "vostochny", "--set", "load=1"],
+        "not a berthwatch workspace": ["report", "--workspace", str(tmp_path / "none"),
+                                       "--out", str(out), "--port", "vostochny"],
     }
     for expected, argv in cases.items():
         code, err = _run(capsys, *argv)
@@ -144,6 +146,7 @@ def test_bad_input_one_line_each_nothing_written(workspace, capsys, tmp_path):
         assert "Traceback" not in err
         assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+    assert not (tmp_path / "none").exists()
 
 
 def test_a_failure_half_way_leaves_the_old_report_and_no_debris(workspace, monkeypatch):
