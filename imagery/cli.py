@@ -340,9 +340,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         raise UserError(f"--from {args.from_date:%Y-%m-%d} is after --to {args.to_date:%Y-%m-%d}")
     try:
         config = config_with(args.set or [])
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    try:
         written = write_report(open_workspace(args.workspace), port, args.from_date,
                                args.to_date, args.out, config)
-    except (ReportError, ValueError) as exc:
+    except ReportError as exc:
         raise UserError(str(exc)) from None
     for month, c in written.monthly.items():
         state = next(m.state for m in written.result.months if m.month == month)
