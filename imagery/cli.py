@@ -55,7 +55,7 @@ def cmd_ports(args: argparse.Namespace) -> int:
         for zone in port.zones:
             area = port.to_utm(zone.geometry).area / 1e6
             flag = "  [approximate]" if zone.approximate else ""
-            print(f"    {zone.kind:9s} {zone.name:32s} {area:6.2f} km2{flag}")
+            print(f"    {zone.declared_kind:9s} {zone.name:32s} {area:6.2f} km2{flag}")
     return 0
 
 
@@ -344,7 +344,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(set_aside_line(result.under_cloud))
     print(f"timeline plot: {result.plot}")
     print(f"review the alerts: berthwatch review --workspace {workspace}")
+    for port, page in sorted(result.reports.items()):
+        print(f"SIMULATED tanker-call report, {port}: {page}")
     print(f"demo finished in {time.monotonic() - started:.0f} s")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from imagery.pipeline import open_workspace
+    from imagery.report import ReportError, write_report
+    from imagery.tankers import config_with
+    from imagery.workspace import Workspace, default_home
+
+    port = _port(args)  # an unknown port or a bad zone file fails here, before any writing
+    where = Workspace(args.workspace or default_home())
+    if not where.db_path.is_file():  # a report reads a workspace; it never starts one
+        raise UserError(f"{where.root}: not a berthwatch workspace (no {where.db_path.name})")
+    if args.from_date and args.to_date and args.from_date > args.to_date:
+        raise UserError(f"--from {args.from_date:%Y-%m-%d} is after --to {args.to_date:%Y-%m-%d}")
+    try:
+        config = config_with(args.set or [])
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    try:
+        written = write_report(open_workspace(args.workspace), port, args.from_date,
+                               args.to_date, args.out, config)
+    except ReportError as exc:
+        raise UserError(str(exc)) from None
+    for month, c in written.monthly.items():
+        state = next(m.state for m in written.result.months if m.month == month)
+        figures = ("not seen" if state == "not seen" else
+                   f"{c['detected']} tanker call(s): {c['declared']} AIS-declared, "
+                   f"{c['undeclared']} undeclared, {c['confirmed']} analyst-confirmed")
+        print(f"  {month}  {figures}")
+    print(f"report: {written.page}")
     return 0
 
 
@@ -522,6 +555,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--weights", help="weights name or .pt file (default: the shipped model)")
     p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
+    p = add("report", cmd_report, "tanker calls and estimated barrels of a port: charts, "
+            "CSV, GeoJSON and one HTML page")
+    p.add_argument("--port", required=True)
+    p.add_argument("--from", dest="from_date", type=_date, help="first date (default: first scene)")
+    p.add_argument("--to", dest="to_date", type=_end_date, help="last date (default: last scene)")
+    p.add_argument("--out", help="folder to write (default WORKSPACE/reports/PORT)")
+    p.add_argument("--set", action="append", metavar="NAME=NUMBER",
+                   help="change a tanker constant (imagery/tankers.py TankerConfig), e.g. "
+                        "load_factor=0.33; repeatable")
     p = add("alerts", cmd_alerts, "list undeclared port calls (unmatched berthed vessels)")
     p.add_argument("--port")
     p.add_argument("--since", type=_date)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -163,6 +163,7 @@ class DemoResult:
     scenes: int
     hidden_found: int = 0  # alerts on dark vessels the truth marks hidden by cloud
     under_cloud: int = 0  # unmatched detections set aside on cloud, shadow or cirrus pixels
+    reports: dict[str, Path] = field(default_factory=dict)  # port -> its report page
 
 
 def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True,
@@ -210,7 +211,41 @@ def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True,
     plot = write_timeline(ws)
     return DemoResult(ws.root, score["alerts_by_port"], score["precision"], score["recall"],
                       score["tp"], score["fp"], score["fn"], plot, score["scenes"],
-                      score["hidden_found"], report.under_cloud)
+                      score["hidden_found"], report.under_cloud, write_reports(ws, ports))
+
+
+def write_reports(ws: Workspace, ports: list[Port]) -> dict[str, Path]:
+    """Each port's tanker-call report over the demo's weeks (`berthwatch report`)."""
+    from imagery.report import write_report
+
+    return {port.name: write_report(ws, port).page for port in ports}
+
+
+def truth_tanker_calls(ws: Workspace, port: Port, seed: int = 7) -> dict[str, int]:
+    """month -> the simulation's tanker calls (AIS ship type 80-89) at `port` that a stored
+    scene saw: the vessel at its berth in the scene's truth and not hidden by cloud; each
+    counted once, in the month of the first scene that saw it."""
+    from imagery.simulate import load_truth, truth_path_for
+
+    conn = ws.connect()
+    try:
+        scenes = conn.execute("SELECT path FROM scenes WHERE port = ? AND status = 'stored'"
+                              " ORDER BY acquisition_time", (port.name,)).fetchall()
+    finally:
+        conn.close()
+    truths = [load_truth(truth_path_for(s["path"])) for s in scenes]
+    months: dict[str, int] = {}
+    for vessel in plan_fleet(port, seed):
+        if not 80 <= vessel.ship_type <= 89:
+            continue
+        for arrive, depart in vessel.calls:
+            seen = [t.acquisition_time for t in truths if arrive <= t.acquisition_time <= depart
+                    and any(v.id == vessel.id and v.berthed and not v.hidden_by_cloud
+                            for v in t.vessels)]
+            if seen:
+                month = min(seen).strftime("%Y-%m")
+                months[month] = months.get(month, 0) + 1
+    return months
 
 
 def _dark_at(fleet: list[DemoVessel], vessel_id: str, when: datetime) -> bool:

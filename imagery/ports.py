@@ -2,8 +2,10 @@
 
 A port file is a FeatureCollection whose top-level `properties` give `name`, `title` and
 `epsg` (the port's UTM zone), with one feature of `kind: "aoi"` (the harbour polygon to fetch)
-and any number of `kind: "berth"` features (named berth zones). Analysts replace or extend the
-shipped ports by pointing `--ports DIR` at their own files.
+and any number of `kind: "berth"` features (named berth zones; `kind: "oil-berth"` marks a berth
+public reporting associates with oil products: it is a berth everywhere, and the tanker rule
+takes it as evidence). Analysts replace or extend the shipped ports by pointing `--ports DIR`
+at their own files.
 """
 
 from __future__ import annotations
@@ -32,6 +34,11 @@ class BerthZone:
     kind: str = "berth"
     approximate: bool = True
     properties: dict = field(default_factory=dict, compare=False)
+    oil_berth: bool = False  # the file said kind "oil-berth" (kind stays "berth")
+
+    @property
+    def declared_kind(self) -> str:
+        return "oil-berth" if self.oil_berth else self.kind
 
 
 @dataclass(frozen=True)
@@ -119,18 +126,21 @@ def load_port_file(path: str | os.PathLike) -> Port:
             if aoi is not None:
                 raise PortsError(f"{path}: feature {index}: a second 'aoi' feature")
             aoi = geom
-        elif kind in ("berth", "anchorage"):
+        elif kind in ("berth", "oil-berth", "anchorage"):
             zone_name = str(props.get("name") or "").strip()
             if not zone_name:
                 raise PortsError(f"{path}: feature {index}: berth zone has no 'name'")
             if any(z.name == zone_name for z in zones):
                 raise PortsError(f"{path}: feature {index} ({zone_name}): duplicate zone name")
             approx = bool(props.get("approximate", True))
-            zones.append(BerthZone(zone_name, geom, kind, approx, dict(props)))
+            # An oil berth is a berth to every stage; only the tanker rule reads `oil_berth`.
+            zones.append(BerthZone(zone_name, geom, "berth" if kind == "oil-berth" else kind,
+                                   approx, dict(props), oil_berth=kind == "oil-berth"))
         else:
+            named = f" ({props['name']})" if props.get("name") else ""
             raise PortsError(
-                f"{path}: feature {index}: property 'kind' is {kind!r}; "
-                "expected 'aoi', 'berth' or 'anchorage'"
+                f"{path}: feature {index}{named}: property 'kind' is {kind!r}; "
+                "expected 'aoi', 'berth', 'oil-berth' or 'anchorage'"
             )
     if aoi is None:
         raise PortsError(f"{path}: no feature with kind 'aoi' (the harbour polygon)")

@@ -25,6 +25,7 @@ from fastapi.templating import Jinja2Templates
 from imagery.pipeline import open_workspace
 from imagery.review import db as review_db
 from imagery.review import media as review_media
+from imagery.review import vessel_type
 from imagery.review.security import (
     MAX_BODY_BYTES,
     BodyLimit,
@@ -85,6 +86,7 @@ def create_app(workspace_path: str | os.PathLike | None, token: str | None = Non
     # first, so the page route never swallows `.../chip.png` (an id always ends in `#<n>`).
     _install_files(app)
     _install_actions(app)
+    vessel_type.install(app)  # vessel-type choice, port figures, report pages
     _install_pages(app)
     return app
 
