@@ -3,7 +3,8 @@
 The model (`BerthNet`) reads the five scene bands as reflectance, does its own normalisation
 (log reflectance with fixed constants, NDWI, band-presence flags) so that the same weights
 work on any scene, and predicts at full resolution:
-- a centre heatmap (one peak per vessel, CenterNet style; peaks by max-pool NMS),
+- a centre heatmap (one peak per vessel, CenterNet style; peaks by max-pool NMS, maxima
+  joined by a ridge merged, then greedy hull suppression),
 - a vessel mask (auxiliary; also used to keep vessels out of the land mask),
 - log length, log width and the axis angle (as sin 2a, cos 2a) at each centre.
 Most of its work happens at 1/2, 1/4 and 1/8 resolution, which keeps it fast on a CPU.
@@ -168,7 +169,7 @@ class WeightsEntry:
     widths: tuple[int, ...] = (16, 32, 64, 96)
     threshold: float = 0.5
     nms_kernel: int = 3  # peak = max of its kernel x kernel neighbourhood
-    box_fraction: float = 0.8  # drop peaks inside a stronger vessel's hull shrunk to this
+    box_fraction: float = 0.8  # drop a weaker peak when either centre is in the other's hull x this
     # Drop vessels estimated shorter than this: the training labels (sen2ships) leave most
     # boats under ~70 m out, so the model's short detections are mostly what they call noise.
     min_length_m: float = 0.0

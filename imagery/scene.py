@@ -220,6 +220,20 @@ def open_scene(
     )
 
 
+def verify_pixels(info: SceneInfo, strip_pixels: int = 1 << 22) -> None:
+    """Read every pixel of every band, strip by strip (memory stays bounded), and raise
+    SceneError naming the file and the failing block when the body is damaged. `open_scene`
+    reads only the first block and the last pixel; this is for validating a scene once, when
+    it enters the workspace, so a damaged file is refused there and not at detection."""
+    rows = max(1, strip_pixels // max(info.width, 1))
+    try:
+        with rasterio.open(info.path) as src:
+            for top in range(0, info.height, rows):
+                src.read(window=Window(0, top, info.width, min(rows, info.height - top)))
+    except rasterio.errors.RasterioError as exc:
+        raise SceneError(info.path, f"corrupt pixel data ({_short(exc)})") from None
+
+
 def _default_scene_id(path: Path) -> str:
     # The sen2ships layout names every file scene.tif; its folder names the port.
     return path.parent.name if path.stem == "scene" else path.stem

@@ -22,6 +22,7 @@ from imagery.scene import (
     read_reflectance,
     read_scl,
     read_valid,
+    verify_pixels,
     write_scene,
 )
 from imagery.sources import LocalFolderSource, SceneRef, fetch_into_workspace
@@ -344,6 +345,9 @@ def test_a_damaged_body_is_a_scene_error_naming_the_file(tmp_path):
         read_reflectance(info)
     with pytest.raises(SceneError, match=r"middle\.tif: cannot read pixels"):
         read_valid(info)
+    with pytest.raises(SceneError, match=r"middle\.tif: corrupt pixel data \(.*IReadBlock"):
+        verify_pixels(info, strip_pixels=512 * 16)  # many strips, one of them damaged
+    verify_pixels(open_scene(DATA / "chongjin_64.tif"))  # an intact scene passes
 
 
 def test_a_scene_over_the_size_limit_is_refused_before_reading(tmp_path, monkeypatch):
