@@ -16,12 +16,11 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
-import rasterio
 from rasterio import features as rio_features
 from rasterio.warp import transform_geom
 
 from imagery.ports import Port
-from imagery.scene import SCL_OBSCURED, SceneError, SceneInfo, open_scene, read_scl
+from imagery.scene import SCL_OBSCURED, SceneError, SceneInfo, open_scene, read_scl, verify_pixels
 from imagery.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -104,23 +103,6 @@ class LocalFolderSource:
         finally:  # a full disk must not leave half a copy behind
             tmp.unlink(missing_ok=True)
         return dest
-
-
-def verify_pixels(info: SceneInfo) -> None:
-    """Read every block of every band once: a file corrupt in its middle is unusable, and
-    says so here (naming the block) rather than as a retried failure in the middle of
-    detection. Memory stays at one block."""
-    window = None
-    try:
-        with rasterio.open(info.path) as src:
-            for _, window in src.block_windows(1):
-                src.read(window=window)
-    except rasterio.errors.RasterioError as exc:
-        where = ("opening it" if window is None
-                 else f"block at row {int(window.row_off)}, column {int(window.col_off)}")
-        cause = exc.__cause__ or exc  # rasterio's own text says "see previous exception"
-        first_line = (str(cause).splitlines() or [type(cause).__name__])[0][:200]
-        raise SceneError(info.path, f"cannot read pixels ({where}: {first_line})") from None
 
 
 def aoi_mask(info: SceneInfo, port: Port) -> np.ndarray:

@@ -71,7 +71,7 @@ def _bad_files(folder: Path) -> dict[str, str]:
     return {"random.tif": "not a readable GeoTIFF", "empty.tif": "unusable scene",
             "truncated.tif": "unusable scene", "png.tif": "unusable scene",
             "wgs84.tif": "not in metres", "three_bands.tif": "missing bands B08 B11",
-            "uint8.tif": "dtype uint8", "middle.tif": "cannot read pixels"}
+            "uint8.tif": "dtype uint8", "middle.tif": "corrupt pixel data"}
 
 
 def _cli(*args: str, bootstrap: str = "") -> subprocess.CompletedProcess:
