@@ -53,7 +53,7 @@ from typing import IO
 from pyais.exceptions import AISBaseException, MissingPayloadException, UnknownMessageException
 from pyais.messages import AISSentence, GatehouseSentence, NMEASentence, NMEASentenceFactory
 
-from imagery.workspace import Workspace, sha256_file, utc_now
+from imagery.workspace import Workspace, begin_immediate, sha256_file, utc_now
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ais_imports (
@@ -125,6 +125,11 @@ FUTURE_SLACK_S = 86_400
 # (sequence ids repeat every ten multi-part messages).
 MAX_FRAGMENT_GAP = 100
 BATCH = 5000
+# An import commits its rows this often and then pauses, so that `run`, `review` verdicts and
+# other writers waiting on the database get the write lock between batches (SQLite's busy
+# handler polls at most every 100 ms, hence a pause a little longer than that).
+COMMIT_EVERY_S = 2.0
+YIELD_S = 0.15
 
 # Optional timestamp column, optional tag block, then one sentence up to its checksum.
 _SENTENCE = re.compile(rb"(\\[^\\]*\\)?([!$][A-Z]{4,5},[^*\s]*\*[0-9A-Fa-f]{2})")
@@ -849,10 +854,12 @@ _INSERT_POSITION = (
 
 
 class _Store:
-    """Buffers records and writes them in batches inside the caller's transaction."""
+    """Buffers records and writes them in batches inside the caller's transaction, which it
+    commits and reopens every COMMIT_EVERY_S: a huge file never holds the write lock long."""
 
     def __init__(self, conn: sqlite3.Connection, import_id: int):
         self.conn, self.import_id = conn, import_id
+        self.committed_at = time.monotonic()
         self.batch: list[tuple] = []
         self.accepted = self.duplicates = self.static_updates = 0
         self.seen: set[int] = set()
@@ -891,6 +898,11 @@ class _Store:
         self.accepted += inserted
         self.duplicates += len(self.batch) - inserted
         self.batch.clear()
+        if time.monotonic() - self.committed_at >= COMMIT_EVERY_S:
+            self.conn.execute("COMMIT")
+            time.sleep(YIELD_S)
+            begin_immediate(self.conn)
+            self.committed_at = time.monotonic()
 
 
 # --- import ----------------------------------------------------------------------------------
@@ -898,8 +910,9 @@ class _Store:
 
 def import_file(ws: Workspace, path: str | Path, fmt: str | None = None,
                 received_at: str | None = None, columns: str | None = None) -> ImportReport:
-    """Import one NMEA or CSV file in one transaction; a file already imported (same sha256)
-    adds nothing. Raises AisError for a file that cannot be imported as asked."""
+    """Import one NMEA or CSV file, committed in batches (rows are idempotent: an import
+    cut short is resumed by importing the file again); a file whose import finished (same
+    sha256) adds nothing. Raises AisError for a file that cannot be imported as asked."""
     path = Path(path)
     if not path.is_file():
         raise AisError(f"{path}: no such file")
@@ -911,8 +924,8 @@ def import_file(ws: Workspace, path: str | Path, fmt: str | None = None,
     report = ImportReport(file=str(path), sha256=sha256_file(path), format=fmt)
     ensure_schema(ws)
     with ws.transaction() as conn:
-        previous = conn.execute("SELECT finished_at FROM ais_imports WHERE sha256 = ?",
-                                (report.sha256,)).fetchone()
+        previous = conn.execute("SELECT finished_at FROM ais_imports WHERE sha256 = ? AND "
+                                "finished_at IS NOT NULL", (report.sha256,)).fetchone()
         if previous:
             report.already_imported, report.previous_import = True, previous[0]
             return report
@@ -926,11 +939,13 @@ def _run_import(conn: sqlite3.Connection, path: Path, report: ImportReport,
                 received_at: str | None) -> set[int]:
     """Stream the file into the tables; returns the MMSIs seen."""
     started = utc_now()
+    # An earlier import of this file cut short (its batches committed) is taken over.
     import_id = conn.execute(
         "INSERT INTO ais_imports (file, sha256, format, started_at, received_at) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (str(path.resolve()), report.sha256, report.format, started, received_at)).lastrowid
-    assert import_id is not None
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(sha256) DO UPDATE SET file = excluded.file, "
+        "format = excluded.format, started_at = excluded.started_at, "
+        "received_at = excluded.received_at RETURNING id",
+        (str(path.resolve()), report.sha256, report.format, started, received_at)).fetchone()[0]
     store, tally = _Store(conn, import_id), Tally()
     with _open_binary(path) as handle:
         if report.format == "nmea":

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -163,6 +163,7 @@ class DemoResult:
     scenes: int
     hidden_found: int = 0  # alerts on dark vessels the truth marks hidden by cloud
     under_cloud: int = 0  # unmatched detections set aside on cloud, shadow or cirrus pixels
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (scene id, why)
 
 
 def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True,
@@ -204,13 +205,36 @@ def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True,
 
     source = SimulatedSource(seed=seed, cloud_schedule=clouds, fleet=fleet_at)
     end = DEMO_START + timedelta(days=days)
-    report = run_pass(ws, ports, source, DEMO_START, end, max_cloud=100.0, weights=weights,
-                      threshold=threshold, progress=progress)
+    run_pass(ws, ports, source, DEMO_START, end, max_cloud=100.0, weights=weights,
+             threshold=threshold, progress=progress)
     score = score_against_truth(ws, fleets)
     plot = write_timeline(ws)
+    # Both from the stored state, not this pass: a second demo processes nothing new and
+    # must still report what the workspace holds.
+    skipped = [(r.scene_id, r.reason or "") for r in ws.list_scenes() if r.status == "skipped"]
     return DemoResult(ws.root, score["alerts_by_port"], score["precision"], score["recall"],
                       score["tp"], score["fp"], score["fn"], plot, score["scenes"],
-                      score["hidden_found"], report.under_cloud)
+                      score["hidden_found"], stored_set_aside(ws), skipped)
+
+
+def stored_set_aside(ws: Workspace) -> int:
+    """Detections alongside a berth that no AIS vessel explains and that raised no alert:
+    the reconciliation sets these aside because their pixels were not seen clearly."""
+    conn = ws.connect()
+    try:
+        return conn.execute(
+            """SELECT COUNT(*) FROM detections d
+               JOIN processing p ON p.scene_id = d.scene_id AND p.status = 'done'
+               JOIN zone_counts z ON z.scene_id = d.scene_id AND z.zone = d.zone
+                    AND z.kind = 'berth'
+               WHERE d.berthed = 1
+                 AND NOT EXISTS (SELECT 1 FROM matches m
+                                 WHERE m.scene_id = d.scene_id AND m.det_id = d.det_id)
+                 AND NOT EXISTS (SELECT 1 FROM alerts a
+                                 WHERE a.scene_id = d.scene_id AND a.det_id = d.det_id)""",
+        ).fetchone()[0]
+    finally:
+        conn.close()
 
 
 def _dark_at(fleet: list[DemoVessel], vessel_id: str, when: datetime) -> bool:

@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from imagery import review_db, review_media
 from imagery.pipeline import open_workspace
-from imagery.workspace import Workspace
+from imagery.workspace import Workspace, WorkspaceReadOnly
 
 HERE = Path(__file__).resolve().parent
 CSRF_COOKIE, AUTH_COOKIE, ANALYST_COOKIE = "bw_csrf", "bw_session", "bw_analyst"
@@ -111,6 +111,7 @@ def create_app(workspace_path: str | os.PathLike | None, token: str | None = Non
     app.state.templates = _templates()
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     _install_security(app, token)
+    _install_read_only(app)
     _install_pages(app)
     _install_actions(app)
     _install_files(app)
@@ -197,6 +198,13 @@ def _install_security(app: FastAPI, token: str | None) -> None:
     async def plain_error(request: Request, exc: StarletteHTTPException):
         # Plain text: an error message never becomes markup, whatever it quotes.
         return PlainTextResponse(f"{exc.status_code}: {exc.detail}", status_code=exc.status_code)
+
+
+def _install_read_only(app: FastAPI) -> None:
+    @app.exception_handler(WorkspaceReadOnly)
+    async def read_only(request: Request, exc: WorkspaceReadOnly):
+        # Verdicts and edits on a read-only workspace: refused whole, nothing half-written.
+        return PlainTextResponse(f"409: not recorded: {exc}", status_code=409)
 
 
 def _same_origin(request: Request) -> bool:
