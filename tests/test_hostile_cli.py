@@ -359,42 +359,46 @@ def _big_ais_csv(path: Path, rows: int) -> Path:
     return path
 
 
+def _import_state(root: Path) -> str | None:
+    """'running' while the big file's import row is committed but unfinished."""
+    import sqlite3
+
+    conn = sqlite3.connect(root / DB_NAME)
+    try:
+        row = conn.execute("SELECT finished_at FROM ais_imports WHERE file LIKE '%big.csv'"
+                           ).fetchone()
+    finally:
+        conn.close()
+    return None if row is None else ("finished" if row[0] else "running")
+
+
 def test_a_long_ais_import_lets_another_writer_in(demo, tmp_path):
     """An import of a large file commits in batches: a verdict written by another process
-    while it runs gets in before the import ends (not after, as with one transaction)."""
+    while it runs is recorded before the import ends (with one transaction for the whole
+    file, nothing of it is visible and every other writer waits until it ends)."""
+    from imagery import review_db
+    from imagery.workspace import Workspace
+
     feed = _big_ais_csv(tmp_path / "big.csv", 300_000)
     root = demo.ws.root
+    ws = Workspace.open(root)
+    review_db.ensure_schema(ws)
     importer = subprocess.Popen([sys.executable, "-m", "imagery.cli", "ais", "import",
                                  str(feed), "--workspace", str(root)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        import sqlite3
-
-        # Wait until the import has begun writing (its first batch is committed).
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            conn = sqlite3.connect(root / DB_NAME)
-            begun = conn.execute("SELECT COUNT(*) FROM ais_imports WHERE file LIKE '%big.csv'"
-                                 ).fetchone()[0]
-            conn.close()
-            if begun or importer.poll() is not None:
-                break
-            time.sleep(0.2)
-        assert importer.poll() is None, "the import ended before it could be raced"
-        from imagery import review_db
-        from imagery.workspace import Workspace
-
-        ws = Workspace.open(root)
-        review_db.ensure_schema(ws)
+        while _import_state(root) is None and importer.poll() is None:
+            time.sleep(0.1)
+        assert _import_state(root) == "running", "the import was never seen under way"
         review_db.record(ws, scene_id=demo.scenes[1], action="verdict", analyst="ana",
                          alert_id=demo.alert, verdict="confirmed")
-        still_importing = importer.poll() is None
+        assert _import_state(root) == "running", "the verdict waited for the whole import"
     finally:
         out, err = importer.communicate(timeout=600)
     assert importer.returncode == 0, err
-    assert still_importing, "the verdict waited for the whole import"
-    conn = sqlite3.connect(root / DB_NAME)
-    finished, accepted = conn.execute("SELECT finished_at, accepted FROM ais_imports "
-                                      "WHERE file LIKE '%big.csv'").fetchone()
+    assert _import_state(root) == "finished"
+    conn = ws.connect()
+    accepted = conn.execute("SELECT accepted FROM ais_imports WHERE file LIKE '%big.csv'"
+                            ).fetchone()[0]
     conn.close()
-    assert finished and accepted == 300_000
+    assert accepted == 300_000
