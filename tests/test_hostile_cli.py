@@ -402,3 +402,14 @@ def test_a_long_ais_import_lets_another_writer_in(demo, tmp_path):
                             ).fetchone()[0]
     conn.close()
     assert accepted == 300_000
+
+
+# --- item 18: demo's set-aside count comes from the workspace, not the pass -------------------
+
+
+def test_set_aside_count_is_read_from_the_stored_state(demo):
+    """The review workspace's two unalerted, unmatched berthed detections (det 2 of the first
+    and last scenes): a second `demo`, which processes nothing new, reports them again."""
+    from imagery.demo import stored_set_aside
+
+    assert stored_set_aside(demo.ws) == 2

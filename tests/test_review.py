@@ -21,6 +21,7 @@ from PIL import Image
 
 from imagery import review_db
 from imagery.review import BindError, check_bind, create_app
+from imagery.workspace import Workspace
 
 with warnings.catch_warnings():
     # This starlette release asks for `httpx2`; the test client works the same with httpx.
@@ -371,6 +372,7 @@ def test_bind_beyond_loopback_needs_a_token(tmp_path, monkeypatch):
     monkeypatch.delenv("BERTHWATCH_REVIEW_TOKEN", raising=False)
     started = []
     monkeypatch.setattr("uvicorn.run", lambda *a, **k: started.append(a))
+    Workspace.open(tmp_path)  # `review` refuses a folder without a workspace
     assert cli.main(["review", "--host", "0.0.0.0", "--workspace", str(tmp_path)]) == 2
     assert started == []
     monkeypatch.setenv("BERTHWATCH_REVIEW_TOKEN", "s3cret-token-0123456789")
