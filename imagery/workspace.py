@@ -184,6 +184,10 @@ class Workspace:
                 present = {r[0] for r in conn.execute(
                     "SELECT name FROM sqlite_master WHERE type = 'table'")}
                 self._add_stand_ins(conn, present)
+                wal = Path(f"{self.db_path}-wal")
+                if "immutable" in query and wal.is_file() and wal.stat().st_size:
+                    log.warning("%s is read without %s: the changes it holds are not seen",
+                                self.db_path, wal.name)
                 return conn
             except sqlite3.OperationalError as exc:
                 conn.close()

@@ -226,6 +226,19 @@ def test_review_port_is_deprecated_but_works(demo):
     assert "--listen-port" in help_text and "--port" not in help_text.replace("--ports", "")
 
 
+def test_review_old_port_spelling_still_sets_the_tcp_port(demo, monkeypatch, capsys):
+    from imagery import cli as berthwatch
+
+    started = []
+    monkeypatch.setattr("uvicorn.run", lambda *a, **k: started.append(k["port"]))
+    root = str(demo.ws.root)
+    assert berthwatch.main(["review", "--port", "8081", "--workspace", root]) == 0
+    assert "--port is deprecated" in capsys.readouterr().err
+    assert berthwatch.main(["review", "--listen-port", "8082", "--workspace", root]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert started == [8081, 8082]
+
+
 def test_version():
     assert ok(cli("--version")).startswith("berthwatch ")
 
