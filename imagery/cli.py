@@ -16,11 +16,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from imagery.ports import Port, PortsError, get_port, load_ports
+from imagery.review_db import STATUSES
 from imagery.scene import SceneError, parse_time
 from imagery.sources import SourceAuthError, SourceError
 from imagery.workspace import WorkspaceError
-
-STATUSES = ("open", "confirmed", "rejected", "unsure")  # an alert's latest review verdict
 
 
 class UserError(Exception):
