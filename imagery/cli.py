@@ -16,10 +16,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from imagery.ports import Port, PortsError, get_port, load_ports
-from imagery.review_db import STATUSES
 from imagery.scene import SceneError, parse_time
 from imagery.sources import SourceAuthError, SourceError
 from imagery.workspace import WorkspaceError
+
+# An alert's review status: its latest verdict (imagery/review/db.py), open when none.
+STATUSES = ("open", "confirmed", "rejected", "unsure")
 
 
 class UserError(Exception):
@@ -236,6 +238,12 @@ def _run_once(args: argparse.Namespace) -> int:
           f"alerts: {report.alerts}; failed: {len(report.failed)}")
     if report.under_cloud:
         print(f"    {set_aside_line(report.under_cloud)}")
+    if report.no_ais_coverage:
+        print(f"    no AIS coverage: {report.no_ais_coverage} scene(s) had no AIS fix near their "
+              f"time, so no alert; {report.no_coverage_detections} berthed detection(s) not "
+              "compared (import AIS for that time and run again)")
+    for what, reason in report.skipped.items():
+        print(f"    skipped {what}: {reason}")
     for what, reason in report.failed.items():
         print(f"    failed {what}: {reason}")
     return 1 if report.failed else 0
@@ -297,14 +305,20 @@ def _watch_pass(args: argparse.Namespace) -> int:
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
-    from imagery.alerts import format_alerts, query_alerts
+    from imagery.alerts import coverage_lines, format_alerts, no_coverage_scenes, query_alerts
 
     port = _port(args).name if args.port else None
     _check_order(args.since, args.until, "--since", "--until")
     ws = _reading_workspace(args)
-    rows = query_alerts(ws, port=port, since=args.since, until=args.until,
-                        status=args.status) if ws.has_table("alerts") else []
-    sys.stdout.write(format_alerts(rows, args.format))
+    if not ws.has_table("alerts"):
+        sys.stdout.write(format_alerts([], args.format))
+        return 0
+    rows = query_alerts(ws, port=port, since=args.since, until=args.until, status=args.status)
+    gaps = no_coverage_scenes(ws, port=port, since=args.since)
+    sys.stdout.write(format_alerts(rows, args.format, gaps))
+    if args.format == "csv":  # CSV stays rows only: the coverage note goes to stderr
+        for line in coverage_lines(gaps):
+            print(line, file=sys.stderr)
     return 0
 
 
@@ -314,18 +328,32 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 def cmd_ais_import(args: argparse.Namespace) -> int:
     from imagery import ais
 
-    ws, errors = _writing_workspace(args, "ais import"), []
+    ws, failed, truncated = _writing_workspace(args, "ais import"), [], []
     for path in args.files:
-        # One bad file does not stop the others; each is its own transaction.
+        # Each file is its own unit (its own transaction): a bad one is named on one line and
+        # the others still import.
         try:
             report = ais.import_file(ws, path, args.format, args.received_at, args.columns)
         except ais.AisError as exc:
-            errors.append(str(exc))
+            print(f"berthwatch ais import: error: {exc}", file=sys.stderr)
+            failed.append(path)
             continue
         print("\n".join(ais.describe_import(report)))
-    if errors:
-        raise UserError("; ".join(errors))
-    return 0
+        if report.truncated:
+            print(f"berthwatch ais import: error: {path}: truncated gzip (the stream ends early); "
+                  "its complete lines before the cut are stored; import a complete copy "
+                  "(rows already stored are not stored twice)", file=sys.stderr)
+            truncated.append(path)
+    if not failed and not truncated:
+        if len(args.files) > 1:
+            print(f"ais import: {len(args.files)} files imported")
+        return 0
+    whole = len(args.files) - len(failed) - len(truncated)
+    print(f"ais import: {whole} of {len(args.files)} files imported"
+          + (f"; truncated, partly imported: {', '.join(truncated)}" if truncated else "")
+          + (f"; failed, nothing imported: {', '.join(failed)}" if failed else ""),
+          file=sys.stderr)
+    return 2
 
 
 def cmd_watchlist_import(args: argparse.Namespace) -> int:
@@ -399,20 +427,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_review(args: argparse.Namespace) -> int:
     import os
 
-    from imagery.review import BindError, serve
+    from imagery.review import BindError, check_bind, serve
 
     if args.old_port is not None:
         print("berthwatch review: warning: --port is deprecated here (everywhere else --port "
               "is a harbour); use --listen-port", file=sys.stderr)
     listen = args.listen_port if args.listen_port is not None else args.old_port or 8000
-    ws = _reading_workspace(args)
-    if ws.read_only:
-        print(f"workspace {ws.root} is read-only: pages are served, verdicts and edits are "
-              "refused", file=sys.stderr)
     # The environment keeps the token out of `ps` and shell history.
     token = args.token or os.environ.get("BERTHWATCH_REVIEW_TOKEN") or None
     try:
-        serve(ws.root, args.host, listen, token)
+        check_bind(args.host, token)  # a weak token is refused first, whatever the workspace
+        ws = _reading_workspace(args)
+        if ws.read_only:
+            print(f"workspace {ws.root} is read-only: pages are served, verdicts and edits are "
+                  "refused", file=sys.stderr)
+        serve(ws.root, args.host, listen, token, ports_dir=args.ports)
     except BindError as exc:
         raise UserError(str(exc)) from None
     return 0
@@ -420,7 +449,7 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 def cmd_chips_export(args: argparse.Namespace) -> int:
     from imagery.pipeline import open_workspace
-    from imagery.review_export import export_chips
+    from imagery.review.export import export_chips
 
     _reading_workspace(args)  # refuse a mistyped --workspace before creating anything
     results = export_chips(open_workspace(args.workspace), args.out)

@@ -218,13 +218,15 @@ def run_demo(workspace: str | Path | None, seed: int = 7, progress: bool = True,
 
 
 def stored_set_aside(ws: Workspace) -> int:
-    """Detections alongside a berth that no AIS vessel explains and that raised no alert:
-    the reconciliation sets these aside because their pixels were not seen clearly."""
+    """Detections alongside a berth that no AIS vessel explains and that raised no alert, in
+    scenes with AIS coverage: the reconciliation set these aside because their pixels were
+    not seen clearly (those of scenes without AIS coverage are counted apart)."""
     conn = ws.connect()
     try:
         return conn.execute(
             """SELECT COUNT(*) FROM detections d
                JOIN processing p ON p.scene_id = d.scene_id AND p.status = 'done'
+                    AND COALESCE(p.ais_coverage, 1) != 0
                JOIN zone_counts z ON z.scene_id = d.scene_id AND z.zone = d.zone
                     AND z.kind = 'berth'
                WHERE d.berthed = 1
@@ -256,7 +258,7 @@ def score_against_truth(ws: Workspace, fleets: dict) -> dict:
         by_port: dict[str, int] = {}
         for s in scenes:
             fleet = fleets.get(s["port"], ([], {}))[0]
-            truth = load_truth(truth_path_for(s["path"]))
+            truth = load_truth(truth_path_for(ws.resolve(s["path"])))
             dark = [v for v in truth.vessels
                     if v.berthed and _dark_at(fleet, v.id, truth.acquisition_time)]
             alerts = [(a["lon"], a["lat"]) for a in conn.execute(

@@ -5,7 +5,10 @@ together with the mark that the scene is done; files (detections GeoJSON, eviden
 written atomically before it under names derived from the scene, so a run killed at any point
 leaves either nothing or a complete scene, and the next run redoes exactly what is missing.
 A lock file keeps two runs from overlapping. A scene that fails is recorded with its reason and
-retried on a later run without blocking the others.
+retried on a later run without blocking the others; a scene whose file cannot be read is
+unusable, not transient, and is recorded as skipped. A stored file is checked against its
+sha256 before use. When the workspace itself cannot be written (a full disk), the pass stops
+with one line and the database stays as it was.
 """
 
 from __future__ import annotations
@@ -13,15 +16,18 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+import rasterio
 from pyproj import Transformer
 
 from imagery.ports import Port
 from imagery.reconcile import (
+    NO_AIS_COVERAGE,
     AisFix,
     AisVessel,
     Detection,
@@ -33,9 +39,9 @@ from imagery.reconcile import (
     merge_episodes,
     reconcile_scene,
 )
-from imagery.scene import SCL_OBSCURED, open_scene, read_scl
+from imagery.scene import SCL_OBSCURED, SceneError, open_scene, read_scl
 from imagery.sources import SceneSource, fetch_into_workspace
-from imagery.workspace import Workspace
+from imagery.workspace import Workspace, file_stem, sha256_file, utc_now
 
 PIPELINE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS processing (
@@ -46,7 +52,9 @@ CREATE TABLE IF NOT EXISTS processing (
     attempts INTEGER NOT NULL DEFAULT 1,
     model TEXT,
     weights_sha256 TEXT,
-    detections_path TEXT
+    detections_path TEXT,        -- relative to the workspace root
+    ais_coverage INTEGER,        -- 1 covered, 0 no AIS fix around the acquisition (no alerts)
+    ais_fixes INTEGER            -- AIS fixes in the coverage box and window
 );
 CREATE TABLE IF NOT EXISTS detections (
     scene_id TEXT NOT NULL REFERENCES scenes(scene_id),
@@ -83,7 +91,7 @@ CREATE TABLE IF NOT EXISTS alerts (
     score REAL NOT NULL, length_m REAL,
     reasons TEXT NOT NULL,              -- JSON list
     considered TEXT NOT NULL,           -- JSON list of AIS vessels considered, with distances
-    chip_path TEXT,
+    chip_path TEXT,                     -- relative to the workspace root
     model TEXT, weights_sha256 TEXT,
     episode_id TEXT,
     simulated INTEGER NOT NULL DEFAULT 0
@@ -97,11 +105,21 @@ CREATE TABLE IF NOT EXISTS episodes (
 );
 """
 
+# Columns added after the first release: added to older workspaces when they are opened.
+ADDED_COLUMNS = (("processing", "ais_coverage", "INTEGER"), ("processing", "ais_fixes", "INTEGER"))
 DEFAULT_GATES = Gates()
 
 
 class RunLocked(RuntimeError):
     """Another run holds the workspace lock."""
+
+
+class WorkspaceWriteError(RuntimeError):
+    """The workspace could not record something (a full disk): the pass stops there."""
+
+
+class StoredFileChanged(RuntimeError):
+    """A stored scene file is missing or no longer matches its recorded sha256."""
 
 
 @contextmanager
@@ -132,6 +150,9 @@ class RunReport:
     failed: dict[str, str] = field(default_factory=dict)
     alerts: int = 0
     under_cloud: int = 0  # unmatched berthed detections set aside: SCL cloud/shadow/cirrus
+    skipped: dict[str, str] = field(default_factory=dict)  # newly found unusable: why
+    no_ais_coverage: int = 0  # scenes processed with no AIS fix around their time
+    no_coverage_detections: int = 0  # their unmatched berthed detections: no alerts
 
     def count(self, status: str) -> None:
         self.fetched[status] = self.fetched.get(status, 0) + 1
@@ -143,7 +164,23 @@ def open_workspace(path=None) -> Workspace:
 
     ais.ensure_schema(ws)
     ws.ensure_schema(PIPELINE_SCHEMA)
+    _add_columns(ws)
+    ws.relativise_column("processing", "scene_id", "detections_path")
+    ws.relativise_column("alerts", "alert_id", "chip_path")
     return ws
+
+
+def _add_columns(ws: Workspace) -> None:
+    conn = ws.connect()
+    try:
+        for table, column, kind in ADDED_COLUMNS:
+            have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    except sqlite3.OperationalError:
+        pass  # a read-only workspace: readers select these columns only where they exist
+    finally:
+        conn.close()
 
 
 # --- the pass ---------------------------------------------------------------------------------
@@ -167,11 +204,17 @@ def run_pass(
     (`tta`: detect with the eight orientations of each chip averaged)."""
     report = RunReport()
     with run_lock(ws):
-        for port in ports:
-            if source is not None:
-                _fetch_new(ws, port, source, start, end, max_cloud, report, progress)
-            _process_pending(ws, port, weights, threshold, gates, report, progress, tta)
-            rebuild_episodes(ws, port)
+        try:
+            for port in ports:
+                if source is not None:
+                    _fetch_new(ws, port, source, start, end, max_cloud, report, progress)
+                _process_pending(ws, port, weights, threshold, gates, report, progress, tta)
+                rebuild_episodes(ws, port)
+        except WorkspaceWriteError as exc:
+            report.failed["workspace"] = str(exc)
+        except (sqlite3.Error, OSError) as exc:  # e.g. the episodes rebuild on a full disk
+            report.failed["workspace"] = (f"cannot write the workspace {ws.root} ({exc}); "
+                                          "the pass stopped, nothing half-written was kept")
     return report
 
 
@@ -188,9 +231,13 @@ def _fetch_new(ws, port, source, start, end, max_cloud, report, progress) -> Non
         report.count(outcome.status)
         if outcome.status == "failed":
             report.failed[ref.scene_id] = outcome.reason or "failed"
+        elif outcome.status == "skipped" and not (outcome.reason or "").endswith("earlier)"):
+            report.skipped[ref.scene_id] = outcome.reason or "skipped"
 
 
-def pending_scenes(ws: Workspace, port: Port) -> list[dict]:
+def pending_scenes(ws: Workspace, port: Port, gates: Gates = DEFAULT_GATES) -> list[dict]:
+    """Stored scenes not done, then done scenes that had no AIS coverage when processed but
+    have it now (AIS imported since): those are reconciled again. Paths come resolved."""
     conn = ws.connect()
     try:
         rows = conn.execute(
@@ -199,27 +246,88 @@ def pending_scenes(ws: Workspace, port: Port) -> list[dict]:
                ORDER BY s.acquisition_time, s.scene_id""",
             (port.name,),
         ).fetchall()
+        uncovered = conn.execute(
+            """SELECT s.* FROM scenes s JOIN processing p ON p.scene_id = s.scene_id
+               WHERE s.port = ? AND s.status = 'stored' AND p.status = 'done'
+                 AND p.ais_coverage = 0 ORDER BY s.acquisition_time, s.scene_id""",
+            (port.name,),
+        ).fetchall()
+        rows += [r for r in uncovered
+                 if ais_fix_count(conn, port, _as_time(r["acquisition_time"]), gates) > 0]
     finally:
         conn.close()
-    return [dict(r) for r in rows]
+    scenes = [dict(r) for r in rows]
+    for scene in scenes:
+        scene["path"] = str(ws.resolve(scene["path"])) if scene["path"] else None
+    return scenes
+
+
+def ais_fix_count(conn: sqlite3.Connection, port: Port, when: datetime, gates: Gates) -> int:
+    """AIS fixes from any vessel inside the port's AOI padded by `gates.coverage_pad_deg`
+    within `gates.coverage_window` of `when`: 0 means the scene has no AIS coverage."""
+    west, south, east, north = port.aoi.bounds
+    pad, window = gates.coverage_pad_deg, gates.coverage_window
+    row = conn.execute(
+        """SELECT COUNT(*) FROM ais_positions WHERE t_epoch BETWEEN ? AND ?
+           AND lat BETWEEN ? AND ? AND lon BETWEEN ? AND ?""",
+        ((when - window).timestamp(), (when + window).timestamp(), south - pad, north + pad,
+         west - pad, east + pad),
+    ).fetchone()
+    return int(row[0])
 
 
 def _process_pending(ws, port, weights, threshold, gates, report, progress, tta) -> None:
     from tqdm import tqdm
 
-    scenes = pending_scenes(ws, port)
+    scenes = pending_scenes(ws, port, gates)
     for scene in tqdm(scenes, desc=f"detect+reconcile {port.name}", unit="scene",
                       disable=not progress):
+        sid = scene["scene_id"]
         try:
             result = process_scene(ws, port, scene, weights, threshold, gates, tta)
+        except (SceneError, rasterio.errors.RasterioError) as exc:
+            # A file that cannot be read is unusable, not transient: retrying cannot help.
+            reason = f"unusable scene: {_naming(exc, scene['path'])}"
+            _record_or_stop(ws, sid, reason, _record_unusable)
+            report.skipped[sid] = reason
+            continue
+        except StoredFileChanged as exc:
+            reason = str(exc)
+            _record_or_stop(ws, sid, reason, _record_changed)
+            report.failed[sid] = reason
+            continue
         except Exception as exc:  # recorded and retried next run; the others go on
             reason = f"{type(exc).__name__}: {exc}"
-            _record_failure(ws, scene["scene_id"], reason)
-            report.failed[scene["scene_id"]] = reason
+            _record_or_stop(ws, sid, reason, _record_failure)
+            report.failed[sid] = reason
             continue
-        report.processed.append(scene["scene_id"])
+        finally:
+            _remove_temp_files(ws, port, sid)
+        report.processed.append(sid)
         report.alerts += len(result.unmatched)
         report.under_cloud += len(result.under_cloud)
+        if not result.ais_covered:
+            report.no_ais_coverage += 1
+            report.no_coverage_detections += len(result.no_coverage)
+
+
+def _naming(exc: Exception, path: str | None) -> str:
+    """What is wrong, then the file: `<reason> (file <path>)`."""
+    text = getattr(exc, "reason", None) or str(exc) or type(exc).__name__
+    return f"{text.splitlines()[0][:300]} (file {path})"
+
+
+def _record_or_stop(ws: Workspace, scene_id: str, reason: str, record) -> None:
+    """Record a scene's failure; when even that cannot be written (a full disk), stop the
+    pass with one line saying so. The failed transaction rolled back: the database is as it
+    was before this scene."""
+    try:
+        record(ws, scene_id, reason)
+    except (sqlite3.Error, OSError) as exc:
+        raise WorkspaceWriteError(
+            f"{scene_id}: {reason}; recording that failed too ({exc}): the pass stopped and "
+            f"the workspace {ws.root} is as it was before this scene; free space and run again"
+        ) from None
 
 
 def _record_failure(ws: Workspace, scene_id: str, reason: str) -> None:
@@ -232,6 +340,33 @@ def _record_failure(ws: Workspace, scene_id: str, reason: str) -> None:
         )
 
 
+def _record_unusable(ws: Workspace, scene_id: str, reason: str) -> None:
+    """The catalog marks the scene skipped (not pending, not retried, `scenes` shows why)."""
+    with ws.transaction() as conn:
+        conn.execute("UPDATE scenes SET status = 'skipped', reason = ?, fetched_at = ? "
+                     "WHERE scene_id = ?", (reason[:500], utc_now(), scene_id))
+        # An earlier failure of it is no longer pending either.
+        conn.execute("DELETE FROM processing WHERE scene_id = ? AND status = 'failed'",
+                     (scene_id,))
+
+
+def _record_changed(ws: Workspace, scene_id: str, reason: str) -> None:
+    """The catalog marks the scene failed, so the next fetch replaces the file."""
+    with ws.transaction() as conn:
+        conn.execute("UPDATE scenes SET status = 'failed', reason = ? WHERE scene_id = ?",
+                     (reason[:500], scene_id))
+    _record_failure(ws, scene_id, reason)
+
+
+def _remove_temp_files(ws: Workspace, port: Port, scene_id: str) -> None:
+    """Temporary files of this scene's outputs (written then renamed) that a failure, such as
+    a full disk, left behind. The run lock keeps any other writer out of these folders."""
+    stem = file_stem(scene_id)
+    for folder in (ws.root / "detections" / port.name, ws.root / "evidence" / port.name):
+        for leftover in folder.glob(f".{stem}*.tmp*"):
+            leftover.unlink(missing_ok=True)
+
+
 # --- one scene -------------------------------------------------------------------------------
 
 
@@ -242,29 +377,38 @@ def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
     from imagery.detector import detect_scene
 
     scene_id = scene["scene_id"]
+    verify_stored_file(ws, scene)
     out_dir = ws.root / "detections" / port.name
-    geojson_path = out_dir / f"{_safe(scene_id)}.geojson"
+    geojson_path = out_dir / f"{file_stem(scene_id)}.geojson"
     collection = detect_scene(scene["path"], geojson_path, port=port, threshold=threshold,
                               weights=weights, progress=False, tta=tta)
     top = collection["properties"]
     when = datetime.fromisoformat(scene["acquisition_time"].replace("Z", "+00:00"))
     detections = _detections(collection)
-    fixes, vessels = load_ais(ws, port, when, gates)
+    fixes, vessels, fix_count = load_ais(ws, port, when, gates)
     info = open_scene(scene["path"], require_bands=None)
     visible = {name: z["visible_fraction"] for name, z in top.get("zones", {}).items()}
     result = reconcile_scene(
         scene_id=scene_id, port=port, acquisition_time=when, detections=detections,
         fixes=fixes, vessels=vessels, zone_visible=visible,
-        point_visible=_point_visibility(info), gates=gates,
+        point_visible=_point_visibility(info), gates=gates, ais_covered=fix_count > 0,
     )
     chips = {u.detection.det_id: write_evidence_chip(ws, info, u.detection, result)
              for u in result.unmatched}
-    _store(ws, port, scene, result, collection, chips, geojson_path)
+    _store(ws, port, scene, result, collection, chips, geojson_path, fix_count)
     return result
 
 
-def _safe(text: str) -> str:
-    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)
+def verify_stored_file(ws: Workspace, scene: dict) -> None:
+    """A stored scene is used only while its file is the one fetched: same sha256."""
+    path, recorded = scene["path"], scene.get("sha256")
+    if not path or not os.path.exists(path):
+        raise StoredFileChanged(f"{scene['scene_id']}: its stored file {path} is missing; "
+                                "the next fetch stores it again")
+    if recorded and sha256_file(path) != recorded:
+        raise StoredFileChanged(f"{scene['scene_id']}: stored file {path} no longer matches "
+                                f"its recorded sha256 {recorded[:12]}...; not used, the next "
+                                "fetch stores it again")
 
 
 def _detections(collection: dict) -> list[Detection]:
@@ -278,9 +422,11 @@ def _detections(collection: dict) -> list[Detection]:
 
 
 def load_ais(ws: Workspace, port: Port, when: datetime,
-             gates: Gates) -> tuple[list[AisFix], dict[int, AisVessel]]:
-    """AIS fixes around the port in the window the placement rules can use. The box reaches
-    beyond the AOI so that a vessel arriving from outside can still be interpolated."""
+             gates: Gates) -> tuple[list[AisFix], dict[int, AisVessel], int]:
+    """AIS fixes around the port in the window the placement rules can use, the vessels, and
+    how many fixes the coverage box and window hold (0: the scene has no AIS coverage). The
+    box reaches beyond the AOI so that a vessel arriving from outside can still be
+    interpolated."""
     from imagery import ais
 
     west, south, east, north = port.aoi.bounds
@@ -300,9 +446,10 @@ def load_ais(ws: Workspace, port: Port, when: datetime,
                 continue
             vessels[mmsi] = AisVessel(mmsi, info.name, info.length_m, info.ship_type,
                                       info.watchlist is not None)
+        coverage = ais_fix_count(conn, port, when, gates)
     finally:
         conn.close()
-    return fixes, vessels
+    return fixes, vessels, coverage
 
 
 def _watchlisted(ais, conn, mmsi: int) -> bool:
@@ -341,10 +488,12 @@ CHIP_HALF = 48  # px either side: a 960 m square at 10 m, a berth and its neighb
 def write_evidence_chip(ws: Workspace, info, det: Detection,
                         result: SceneReconciliation) -> str:
     """A true-colour PNG of the berth around a detection, the detection ringed in red and AIS
-    positions in cyan; written atomically, named by scene and detection."""
+    positions in cyan; written atomically, named by scene and detection. A simulated scene's
+    chip gets a SIMULATED band and says so in its PNG text chunks, as every chip does its
+    scene id."""
     from PIL import Image, ImageDraw
 
-    from imagery.render import true_colour
+    from imagery.render import mark_simulated, png_with_provenance, true_colour
 
     x, y = int(round(det.px_x or 0)), int(round(det.px_y or 0))
     rgb = true_colour(info, x - CHIP_HALF, y - CHIP_HALF, 2 * CHIP_HALF)
@@ -359,11 +508,15 @@ def write_evidence_chip(ws: Workspace, info, det: Detection,
         draw.rectangle((px - 5, py - 5, px + 5, py + 5), outline=(0, 255, 255), width=2)
     c = CHIP_HALF * scale
     draw.ellipse((c - 18, c - 18, c + 18, c + 18), outline=(255, 40, 40), width=3)
-    path = ws.root / "evidence" / _safe(result.port) / f"{_safe(result.scene_id)}_{det.det_id}.png"
+    path = ws.root / "evidence" / result.port / f"{file_stem(result.scene_id)}_{det.det_id}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    image = mark_simulated(image, info.simulated)
+    try:
+        tmp.write_bytes(png_with_provenance(image, result.scene_id, info.simulated))
+        os.replace(tmp, path)
+    finally:  # a full disk must not leave a partial PNG behind
+        tmp.unlink(missing_ok=True)
     return str(path)
 
 
@@ -371,7 +524,7 @@ def write_evidence_chip(ws: Workspace, info, det: Detection,
 
 
 def _store(ws, port, scene, result: SceneReconciliation, collection, chips,
-           geojson_path) -> None:
+           geojson_path, fix_count: int) -> None:
     sid = scene["scene_id"]
     top = collection["properties"]
     when = scene["acquisition_time"]
@@ -401,15 +554,19 @@ def _store(ws, port, scene, result: SceneReconciliation, collection, chips,
                    lon, lat, px_x, px_y, score, length_m, reasons, considered, chip_path,
                    model, weights_sha256, simulated)
                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-            [_alert_row(sid, port, when, u, chips, top) for u in result.unmatched],
+            [_alert_row(sid, port, when, u, {k: ws.relative(v) for k, v in chips.items()}, top)
+             for u in result.unmatched],
         )
         conn.execute(
             """INSERT INTO processing (scene_id, status, stage, reason, model, weights_sha256,
-                   detections_path) VALUES (?, 'done', 'alert', NULL, ?, ?, ?)
+                   detections_path, ais_coverage, ais_fixes)
+                   VALUES (?, 'done', 'alert', NULL, ?, ?, ?, ?, ?)
                ON CONFLICT(scene_id) DO UPDATE SET status='done', stage='alert', reason=NULL,
                    model=excluded.model, weights_sha256=excluded.weights_sha256,
-                   detections_path=excluded.detections_path""",
-            (sid, top.get("model"), top.get("weights_sha256"), str(geojson_path)),
+                   detections_path=excluded.detections_path,
+                   ais_coverage=excluded.ais_coverage, ais_fixes=excluded.ais_fixes""",
+            (sid, top.get("model"), top.get("weights_sha256"), ws.relative(geojson_path),
+             int(result.ais_covered), fix_count),
         )
 
 
@@ -473,7 +630,7 @@ def _stored_reconciliations(ws: Workspace, port: Port) -> list[SceneReconciliati
         for row in done:
             sid = row["scene_id"]
             zones = [ZoneCount(z["zone"], z["kind"], z["visible_fraction"], z["detected"],
-                               z["ais"])
+                               z["ais"], z["status"] != NO_AIS_COVERAGE)
                      for z in conn.execute("SELECT * FROM zone_counts WHERE scene_id = ?", (sid,))]
             unmatched = [
                 Unmatched(Detection(a["det_id"], a["lon"], a["lat"], a["score"], a["length_m"],

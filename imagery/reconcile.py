@@ -10,6 +10,9 @@ scheduler stores it. The rules an analyst must be able to state:
 - A zone whose visible fraction is below `min_visible` is `unknown`: cloud is not an empty berth.
 - An unmatched detection on a pixel the scene's SCL marks cloud, shadow or cirrus is set
   aside (`under_cloud`), not alerted: the scene did not see that point clearly.
+- A scene without AIS coverage (no fix at all, from any vessel, in a wide box around the port
+  within `coverage_window` of the acquisition time) cannot show a call to be undeclared: its
+  zones are `no_ais_coverage` and its unmatched detections are set aside (`no_coverage`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from scipy.optimize import linear_sum_assignment
 from imagery.ports import Port
 
 MOORED_NAV_STATUS = (1, 5)  # 1 at anchor, 5 moored (ITU-R M.1371)
+NO_AIS_COVERAGE = "no_ais_coverage"  # zone_counts.status of a scene without AIS coverage
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,16 @@ class Gates:
     nearest_max_age: timedelta = timedelta(minutes=10)
     length_ratio_max: float = 2.0  # longer / shorter: 10 m pixels misjudge length by ~40 %
     min_visible: float = 0.5  # below this visible fraction a zone is `unknown`
+    # AIS coverage: a scene is covered when the feed has any fix within this time of the
+    # acquisition, inside the port's AOI padded by coverage_pad_deg. The box is wide (about
+    # 100 km) on purpose: it tells a gap in the feed from a port where vessels went dark.
+    coverage_window: timedelta = timedelta(hours=6)  # each side of the acquisition time
+    coverage_pad_deg: float = 1.0
+    consider_factor: float = 3.0  # AIS vessels within this x the gate are listed as evidence
+
+    @property
+    def consider_distance_m(self) -> float:
+        return self.consider_factor * self.match_distance_m
 
 
 @dataclass(frozen=True)
@@ -96,10 +110,13 @@ class ZoneCount:
     visible_fraction: float
     detected: int | None  # None = unknown (hidden by cloud)
     ais: int
+    ais_covered: bool = True  # False: no AIS coverage, so `ais` = 0 says nothing
 
     @property
     def status(self) -> str:
-        return "unknown" if self.detected is None else "observed"
+        if self.detected is None:
+            return "unknown"
+        return "observed" if self.ais_covered else NO_AIS_COVERAGE
 
 
 @dataclass
@@ -139,6 +156,10 @@ class SceneReconciliation:
     # shadow, cirrus): set aside, not alerts. Cloud edges and shadows make vessel-like blobs,
     # and those pixels already count as not visible in the zone's visible fraction.
     under_cloud: list[Unmatched] = field(default_factory=list)
+    # Unmatched berthed detections of a scene without AIS coverage: AIS could not have
+    # declared them, so they are set aside, not alerts.
+    no_coverage: list[Unmatched] = field(default_factory=list)
+    ais_covered: bool = True
 
 
 # --- placing AIS vessels at the acquisition time ------------------------------------------------
@@ -255,9 +276,11 @@ def reconcile_scene(
     zone_visible: dict[str, float],
     point_visible=None,
     gates: Gates = Gates(),
+    ais_covered: bool = True,
 ) -> SceneReconciliation:
     """`zone_visible` gives each zone's visible fraction; `point_visible(lon, lat) -> bool`
-    (optional) says whether a point was cloud-free, to explain AIS vessels not seen."""
+    (optional) says whether a point was cloud-free, to explain AIS vessels not seen;
+    `ais_covered` False (no AIS coverage around the acquisition) makes no alerts."""
     placements = []
     for p in place_vessels(fixes, acquisition_time, gates):
         zone = port.zone_at(p.lon, p.lat)
@@ -280,16 +303,18 @@ def reconcile_scene(
         AisOnly(p, _explain_missing(p, zone_visible, point_visible, gates))
         for j, p in enumerate(in_zones) if j not in paired_p
     ]
-    zones = _zone_counts(port, detections, in_zones, zone_visible, gates)
+    zones = _zone_counts(port, detections, in_zones, zone_visible, gates, ais_covered)
+    no_coverage = [] if ais_covered else unmatched
     return SceneReconciliation(scene_id, port.name, acquisition_time, zones, matched,
-                               unmatched, ais_only, placements, under_cloud)
+                               unmatched if ais_covered else [], ais_only, placements,
+                               under_cloud, no_coverage, ais_covered)
 
 
 def _explain_detection(det: Detection, i: int, placements: Sequence[Placement],
                        dist: np.ndarray, allowed: np.ndarray, gates: Gates) -> Unmatched:
     considered = []
     for j, p in enumerate(placements):
-        if dist.size and dist[i, j] <= 3 * gates.match_distance_m:
+        if dist.size and dist[i, j] <= gates.consider_distance_m:
             if dist[i, j] > gates.match_distance_m:
                 refused = f"beyond the {gates.match_distance_m:g} m gate"
             elif not allowed[i, j]:
@@ -303,7 +328,8 @@ def _explain_detection(det: Detection, i: int, placements: Sequence[Placement],
                                          bool(v and v.watchlisted)))
     considered.sort(key=lambda c: c.distance_m)
     if not considered:
-        reasons = [f"no AIS vessel placed within {3 * gates.match_distance_m:g} m"]
+        reasons = [f"no AIS vessel placed within the {gates.match_distance_m:g} m pairing gate "
+                   f"(none within {gates.consider_distance_m:g} m)"]
     else:
         reasons = [f"MMSI {c.mmsi} at {c.distance_m:.0f} m: {c.refused}" for c in considered[:3]]
     return Unmatched(det, reasons, considered)
@@ -319,14 +345,16 @@ def _explain_missing(p: Placement, zone_visible: dict[str, float], point_visible
 
 
 def _zone_counts(port: Port, detections: Sequence[Detection], placements: Sequence[Placement],
-                 zone_visible: dict[str, float], gates: Gates) -> list[ZoneCount]:
+                 zone_visible: dict[str, float], gates: Gates,
+                 ais_covered: bool = True) -> list[ZoneCount]:
     counts = []
     for zone in port.zones:
         visible = float(zone_visible.get(zone.name, 1.0))
         seen = sum(1 for d in detections if d.zone == zone.name)
         ais = sum(1 for p in placements if p.zone == zone.name)
         counts.append(ZoneCount(zone.name, zone.kind, visible,
-                                None if visible < gates.min_visible else seen, ais))
+                                None if visible < gates.min_visible else seen, ais,
+                                ais_covered))
     return counts
 
 
@@ -350,11 +378,11 @@ def merge_episodes(
 ) -> list[Episode]:
     """Unmatched vessels at the same berth in consecutive scenes form one port-call episode.
     A scene where that zone is visible and holds no such vessel ends the episode; a scene
-    where it is `unknown` (cloud) neither ends nor extends it."""
+    where it is `unknown` (cloud) or without AIS coverage neither ends nor extends it."""
     episodes: list[Episode] = []
     open_eps: dict[tuple[str, str], list[Episode]] = defaultdict(list)
     for scene in sorted(scenes, key=lambda s: s.acquisition_time):
-        unknown = {z.zone for z in scene.zones if z.detected is None}
+        unknown = {z.zone for z in scene.zones if z.status != "observed"}
         seen_now: dict[tuple[str, str], list[Episode]] = defaultdict(list)
         for item in scene.unmatched:
             det = item.detection

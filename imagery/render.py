@@ -73,3 +73,40 @@ def timeline_plot(rows: list[dict], out: str | os.PathLike, title: str) -> Path:
     plt.close(fig)
     os.replace(tmp, out)
     return out
+
+
+# --- marks on pictures of scenes -------------------------------------------------------------
+
+SIMULATED_BAND_PX = 22  # height of the band added below a picture of a simulated scene
+SIMULATED_COLOUR = (255, 196, 0)  # amber: nothing in a Sentinel-2 chip is this colour
+SIMULATED_TEXT = "SIMULATED - not an observation"
+
+
+def mark_simulated(image, simulated: bool):
+    """The picture with a SIMULATED band below it when the scene is simulated (below, not
+    over: the picture's pixel grid, which clicks map to, stays where it was)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    if not simulated:
+        return image
+    out = Image.new("RGB", (image.width, image.height + SIMULATED_BAND_PX), SIMULATED_COLOUR)
+    out.paste(image.convert("RGB"), (0, 0))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default(size=14)
+    draw.text((6, image.height + 3), SIMULATED_TEXT, fill=(0, 0, 0), font=font)
+    return out
+
+
+def png_with_provenance(image, scene_id: str, simulated: bool) -> bytes:
+    """PNG bytes carrying text chunks `berthwatch:scene_id` and `berthwatch:simulated`
+    (`true`/`false`), so a copied file still says where it came from."""
+    import io
+
+    from PIL.PngImagePlugin import PngInfo
+
+    meta = PngInfo()
+    meta.add_text("berthwatch:scene_id", scene_id)
+    meta.add_text("berthwatch:simulated", "true" if simulated else "false")
+    out = io.BytesIO()
+    image.save(out, format="PNG", pnginfo=meta)
+    return out.getvalue()

@@ -29,6 +29,11 @@ DEFAULT_REFLECTANCE_SCALE = 10000.0
 # probability, thin cirrus. Snow (11) is left visible: ice in port is still a surface.
 SCL_OBSCURED = (0, 1, 3, 8, 9, 10)
 SCL_WATER = 6
+# The largest scene accepted, in pixels: 400 MP, 3.3 full Sentinel-2 tiles (10980 x 10980 =
+# 120.6 MP). Detection streams chips, but cloud and AOI masks are whole-scene arrays, so a
+# header declaring more (200000 x 200000) is refused up front instead of exhausting memory.
+# BERTHWATCH_MAX_SCENE_PIXELS overrides it.
+MAX_SCENE_PIXELS = 400_000_000
 
 
 class SceneError(ValueError):
@@ -113,6 +118,26 @@ def parse_time(value: str) -> datetime:
     return moment.astimezone(UTC)
 
 
+def max_scene_pixels() -> int:
+    """The scene size limit in pixels: BERTHWATCH_MAX_SCENE_PIXELS or MAX_SCENE_PIXELS."""
+    text = os.environ.get("BERTHWATCH_MAX_SCENE_PIXELS", "").strip()
+    try:
+        return int(text) if text else MAX_SCENE_PIXELS
+    except ValueError:
+        return MAX_SCENE_PIXELS
+
+
+def check_scene_size(path: str | os.PathLike, width: int, height: int) -> None:
+    """Refuse a scene larger than the stated limit before any of its pixels are read."""
+    limit = max_scene_pixels()
+    if width * height > limit:
+        raise SceneError(
+            path, f"{width} x {height} pixels ({width * height / 1e6:,.0f} MP) is over the limit "
+            f"of {limit / 1e6:,.0f} MP per scene (BERTHWATCH_MAX_SCENE_PIXELS); cut the scene "
+            "to the port's AOI"
+        )
+
+
 def open_scene(
     path: str | os.PathLike, require_bands: tuple[str, ...] | None = SCENE_BANDS
 ) -> SceneInfo:
@@ -127,6 +152,7 @@ def open_scene(
             width, height, count = src.width, src.height, src.count
             descriptions = src.descriptions
             tags = src.tags()
+            check_scene_size(path, width, height)
             # Reading one block proves the pixel data is there, not just the header.
             src.read(1, window=Window(0, 0, min(width, 64), min(height, 64)))
             if height > 1 or width > 1:
@@ -199,8 +225,18 @@ def _default_scene_id(path: Path) -> str:
     return path.parent.name if path.stem == "scene" else path.stem
 
 
-def _short(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:200]
+def _short(exc: BaseException) -> str:
+    """The first line of an error; rasterio's "See previous exception" read errors carry
+    GDAL's own message (which block failed) as their cause."""
+    text = str(exc)
+    if "previous exception" in text and exc.__cause__ is not None:
+        text = str(exc.__cause__)
+    return (text.splitlines() or [type(exc).__name__])[0][:200]
+
+
+def describe_read_error(exc: BaseException) -> str:
+    """One line for a failed pixel read, for SceneError reasons."""
+    return _short(exc)
 
 
 def read_reflectance(
@@ -253,9 +289,33 @@ def read_scl(info: SceneInfo, window: Window | None = None) -> np.ndarray | None
     out = np.zeros((int(win.height), int(win.width)), dtype=np.uint8)
     inner, (r0, c0) = _inside(win, info)
     if inner is not None:
-        with rasterio.open(info.path) as src:
-            data = src.read(info.band_index(SCL_BAND), window=inner)
+        try:
+            with rasterio.open(info.path) as src:
+                data = src.read(info.band_index(SCL_BAND), window=inner)
+        except rasterio.errors.RasterioError as exc:
+            raise SceneError(info.path, f"cannot read pixels ({_short(exc)})") from None
         out[r0 : r0 + data.shape[0], c0 : c0 + data.shape[1]] = data
+    return out
+
+
+def read_valid(info: SceneInfo, window: Window | None = None) -> np.ndarray:
+    """Mask (H, W) of the pixels that hold data: inside the scene, not masked by the file
+    (its nodata value, internal mask or alpha) and not zero in every reflectance band (the
+    fill of a scene without a declared nodata value: no surface reads exactly 0 in all)."""
+    win = window or Window(0, 0, info.width, info.height)
+    out = np.zeros((int(win.height), int(win.width)), dtype=bool)
+    inner, (r0, c0) = _inside(win, info)
+    if inner is None:
+        return out
+    indexes = [i + 1 for i, b in enumerate(info.bands) if b != SCL_BAND] or [1]
+    try:
+        with rasterio.open(info.path) as src:
+            masked = src.dataset_mask(window=inner) > 0
+            data = src.read(indexes, window=inner)
+    except rasterio.errors.RasterioError as exc:
+        raise SceneError(info.path, f"cannot read pixels ({_short(exc)})") from None
+    h, w = data.shape[1:]
+    out[r0 : r0 + h, c0 : c0 + w] = masked & (np.isfinite(data) & (data != 0)).any(axis=0)
     return out
 
 

@@ -9,12 +9,14 @@ import errno
 import logging
 import os
 import shutil
+import sqlite3
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import rasterio
 from rasterio import features as rio_features
 from rasterio.warp import transform_geom
 
@@ -39,7 +41,7 @@ class SceneRef:
 
     scene_id: str
     port: str
-    acquisition_time: datetime
+    acquisition_time: datetime | None  # None only for a file that cannot be read at all
     source: str
     cloud_cover: float | None = None  # the provider's tile-wide figure, 0-100, if any
     extra: dict = field(default_factory=dict, compare=False)
@@ -58,7 +60,10 @@ class SceneSource(Protocol):
 
 
 class LocalFolderSource:
-    """GeoTIFFs already in the scene format, found recursively under a folder."""
+    """GeoTIFFs already in the scene format, found recursively under a folder. A file that is
+    not a usable scene comes back from `search` too, as a ref named `file:<path in the
+    folder>` carrying the reason, so that the catalog records it as skipped instead of the
+    file being passed over in silence on every run."""
 
     name = "local"
 
@@ -75,7 +80,7 @@ class LocalFolderSource:
             try:
                 info = open_scene(path)
             except SceneError as exc:
-                log.warning("skipped %s", exc)
+                refs.append(self._unusable(path, port, exc.reason))
                 continue
             if info.port not in (None, port.name) or info.acquisition_time is None:
                 continue
@@ -84,12 +89,38 @@ class LocalFolderSource:
                                      self.name, extra={"path": str(path)}))
         return refs
 
+    def _unusable(self, path: Path, port: Port, reason: str) -> SceneRef:
+        # Unreadable files have no scene id, time or port of their own: the id names the file.
+        name = path.relative_to(self.folder).as_posix()
+        return SceneRef(f"file:{name}", port.name, None, self.name,
+                        extra={"path": str(path), "unusable": reason})
+
     def fetch(self, ref: SceneRef, port: Port, dest: Path) -> Path:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".tmp-{dest.name}")
-        shutil.copyfile(ref.extra["path"], tmp)
-        os.replace(tmp, dest)
+        try:
+            shutil.copyfile(ref.extra["path"], tmp)
+            os.replace(tmp, dest)
+        finally:  # a full disk must not leave half a copy behind
+            tmp.unlink(missing_ok=True)
         return dest
+
+
+def verify_pixels(info: SceneInfo) -> None:
+    """Read every block of every band once: a file corrupt in its middle is unusable, and
+    says so here (naming the block) rather than as a retried failure in the middle of
+    detection. Memory stays at one block."""
+    window = None
+    try:
+        with rasterio.open(info.path) as src:
+            for _, window in src.block_windows(1):
+                src.read(window=window)
+    except rasterio.errors.RasterioError as exc:
+        where = ("opening it" if window is None
+                 else f"block at row {int(window.row_off)}, column {int(window.col_off)}")
+        cause = exc.__cause__ or exc  # rasterio's own text says "see previous exception"
+        first_line = (str(cause).splitlines() or [type(cause).__name__])[0][:200]
+        raise SceneError(info.path, f"cannot read pixels ({where}: {first_line})") from None
 
 
 def aoi_mask(info: SceneInfo, port: Port) -> np.ndarray:
@@ -128,23 +159,34 @@ def fetch_into_workspace(
     workspace: Workspace,
     max_cloud: float = 100.0,
 ) -> FetchOutcome:
-    """Fetch one scene unless the catalog has it; validate it; skip (and record why) a scene
-    that is unusable or clouded over the AOI. Never raises for a bad scene, and never touches
-    a scene already stored."""
-    known = workspace.scene(ref.scene_id)
+    """Fetch one scene unless the catalog has it; validate it (every pixel block readable);
+    skip (and record why, naming the file) a scene that is unusable or clouded over the AOI.
+    Never raises for a bad scene or a full disk, and never touches a scene already stored."""
+    try:
+        known = workspace.scene(ref.scene_id)
+    except (sqlite3.Error, OSError) as exc:
+        return FetchOutcome(ref, "failed", f"cannot read the workspace catalog ({exc})")
     if known and known.status == "skipped":
         return FetchOutcome(ref, "skipped", f"{known.reason} (recorded earlier)")
     if known and known.status == "stored" and known.path and Path(known.path).exists():
         return FetchOutcome(ref, "exists", path=Path(known.path))
+    if "unusable" in ref.extra:
+        return _skip(workspace, ref, port, None,
+                     f"unusable scene: {ref.extra['unusable']} (file {ref.extra['path']})")
     dest = workspace.scene_path(port.name, ref.acquisition_time, ref.scene_id)
+    origin = ref.extra.get("path")  # the file a local scene came from, named in reasons
     try:
         source.fetch(ref, port, dest)
         info = open_scene(dest)
+        verify_pixels(info)
         cloud = aoi_cloud_fraction(info, port)
     except SceneError as exc:
-        return _skip(workspace, ref, port, dest, f"unusable scene: {exc.reason}")
+        named = f" (file {origin})" if origin else ""
+        return _skip(workspace, ref, port, dest, f"unusable scene: {exc.reason}{named}")
     except OSError as exc:
-        reason = "disk full" if exc.errno == errno.ENOSPC else f"I/O error: {exc}"
+        target = origin or dest
+        reason = (f"disk full writing {dest}" if exc.errno == errno.ENOSPC
+                  else f"I/O error on {target}: {exc}")
         return _fail(workspace, ref, port, dest, reason)
     except Exception as exc:  # network and provider errors: recorded, retried on a later run
         return _fail(workspace, ref, port, dest, f"{type(exc).__name__}: {exc}")
@@ -152,20 +194,30 @@ def fetch_into_workspace(
         return _skip(workspace, ref, port, dest, "all cloud over the AOI", cloud)
     if cloud is not None and cloud * 100 > max_cloud:
         return _skip(workspace, ref, port, dest, f"AOI {cloud:.0%} clouded > {max_cloud:g}%", cloud)
-    workspace.record_scene(
-        scene_id=ref.scene_id, port=port.name, source=ref.source,
-        acquisition_time=ref.acquisition_time, status="stored", path=dest,
-        cloud_fraction=cloud, simulated=info.simulated,
-    )
+    try:
+        workspace.record_scene(
+            scene_id=ref.scene_id, port=port.name, source=ref.source,
+            acquisition_time=ref.acquisition_time, status="stored", path=dest,
+            cloud_fraction=cloud, simulated=info.simulated,
+        )
+    except (sqlite3.Error, OSError) as exc:
+        # Not in the catalog means not stored: remove the file so the workspace is as it was.
+        dest.unlink(missing_ok=True)
+        return FetchOutcome(ref, "failed", f"could not record {ref.scene_id} in the workspace "
+                                           f"({exc}); its file was removed, fetch it again")
     return FetchOutcome(ref, "stored", path=dest, cloud_fraction=cloud)
 
 
-def _skip(ws: Workspace, ref: SceneRef, port: Port, dest: Path, reason: str,
+def _skip(ws: Workspace, ref: SceneRef, port: Port, dest: Path | None, reason: str,
           cloud: float | None = None) -> FetchOutcome:
-    dest.unlink(missing_ok=True)
-    ws.record_scene(scene_id=ref.scene_id, port=port.name, source=ref.source,
-                    acquisition_time=ref.acquisition_time, status="skipped", reason=reason,
-                    cloud_fraction=cloud)
+    if dest is not None:
+        dest.unlink(missing_ok=True)
+    try:
+        ws.record_scene(scene_id=ref.scene_id, port=port.name, source=ref.source,
+                        acquisition_time=ref.acquisition_time, status="skipped", reason=reason,
+                        cloud_fraction=cloud)
+    except (sqlite3.Error, OSError) as exc:
+        return FetchOutcome(ref, "failed", f"{reason}; and could not record it ({exc})")
     return FetchOutcome(ref, "skipped", reason, cloud_fraction=cloud)
 
 
@@ -174,6 +226,8 @@ def _fail(ws: Workspace, ref: SceneRef, port: Port, dest: Path, reason: str) -> 
     try:
         ws.record_scene(scene_id=ref.scene_id, port=port.name, source=ref.source,
                         acquisition_time=ref.acquisition_time, status="failed", reason=reason)
-    except OSError:
-        pass  # the disk may be the thing that failed; the outcome still reports it
+    except (sqlite3.Error, OSError) as exc:
+        # The disk may be the thing that failed: the catalog stays as it was, and the
+        # outcome says both what failed and that it could not be recorded.
+        reason = f"{reason}; not recorded in the workspace ({exc})"
     return FetchOutcome(ref, "failed", reason)

@@ -62,6 +62,21 @@ class WorkspaceBusy(WorkspaceError):
     """Another process kept the database locked past LOCK_PATIENCE_S."""
 
 
+# Folders under the root that hold files the database points at: paths into them are stored
+# relative to the root, so a moved or copied workspace keeps working.
+FILE_FOLDERS = ("scenes", "detections", "evidence")
+STEM_MAX = 80  # characters of the readable part of a file name (names stay under 255 bytes)
+
+
+def file_stem(scene_id: str) -> str:
+    """A file name stem unique per scene id: the id made safe for every file system, plus a
+    short hash of the exact id, so ids that sanitise alike (`A B`, `A_B`, `a b`) never share
+    a file, even on a case-insensitive disk."""
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in scene_id)[:STEM_MAX]
+    digest = hashlib.sha256(scene_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{safe.lstrip('.') or 'scene'}-{digest}"
+
+
 def default_home() -> Path:
     env = os.environ.get("BERTHWATCH_HOME")
     return Path(env).expanduser() if env else Path.home() / ".berthwatch"
@@ -125,6 +140,7 @@ class Workspace:
         if not ws._writable():
             raise WorkspaceReadOnly(f"workspace {ws.root} is read-only and holds no {DB_NAME}")
         ws.ensure_schema(SCENES_SCHEMA)
+        ws.relativise_column("scenes", "scene_id", "path")
         return ws
 
     def _writable(self) -> bool:
@@ -232,8 +248,59 @@ class Workspace:
 
     def scene_path(self, port: str, acquisition_time: datetime | None, scene_id: str) -> Path:
         day = acquisition_time.strftime("%Y-%m-%d") if acquisition_time else "undated"
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in scene_id)
-        return self.scenes_dir / port / day / f"{safe}.tif"
+        return self.scenes_dir / port / day / f"{file_stem(scene_id)}.tif"
+
+    # --- paths in the database ---------------------------------------------------------------
+
+    def relative(self, path: str | os.PathLike | None) -> str | None:
+        """How the database stores a path: relative to the root when inside it."""
+        if path is None:
+            return None
+        absolute = Path(path).absolute()
+        if absolute.is_relative_to(self.root):
+            return absolute.relative_to(self.root).as_posix()
+        return str(path)
+
+    def resolve(self, path: str | os.PathLike | None) -> Path | None:
+        """A path read from the database as a path on this machine. Relative paths are under
+        the root; an absolute one written by an older version into a workspace since moved or
+        copied is found by its part below scenes/, detections/ or evidence/."""
+        if path is None or str(path) == "":
+            return None
+        stored = Path(path)
+        if not stored.is_absolute():
+            return self.root / stored
+        if stored.exists() or stored.is_relative_to(self.root):
+            return stored
+        for tail in _workspace_tails(stored):
+            if (self.root / tail).exists():
+                return self.root / tail
+        return stored
+
+    def relativise_column(self, table: str, key: str, column: str) -> int:
+        """Migrate absolute paths in `table.column` that point into this workspace (or into
+        the place it was moved from) to relative ones; returns how many rows changed. A
+        read-only workspace is left as it is: `resolve` reads old rows all the same."""
+        conn = self.connect()
+        try:
+            rows = conn.execute(f"SELECT {key}, {column} FROM {table} "
+                                f"WHERE {column} LIKE '/%'").fetchall()
+            changes = []
+            for row in rows:
+                found = self.resolve(row[1])
+                if found is not None and found.is_relative_to(self.root):
+                    changes.append((found.relative_to(self.root).as_posix(), row[0]))
+            if changes:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(f"UPDATE {table} SET {column} = ? WHERE {key} = ?", changes)
+                conn.execute("COMMIT")
+        except sqlite3.OperationalError:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            return 0
+        finally:
+            conn.close()
+        return len(changes)
 
     def scene(self, scene_id: str) -> SceneRecord | None:
         conn = self.connect()
@@ -241,7 +308,7 @@ class Workspace:
             row = conn.execute("SELECT * FROM scenes WHERE scene_id = ?", (scene_id,)).fetchone()
         finally:
             conn.close()
-        return _record(row) if row else None
+        return self._record(row) if row else None
 
     def record_scene(
         self,
@@ -267,7 +334,7 @@ class Workspace:
                        path = excluded.path, status = excluded.status, reason = excluded.reason,
                        cloud_fraction = excluded.cloud_fraction, sha256 = excluded.sha256,
                        fetched_at = excluded.fetched_at, attempts = scenes.attempts + 1""",
-                (scene_id, port, source, when, str(path) if path else None, status, reason,
+                (scene_id, port, source, when, self.relative(path), status, reason,
                  cloud_fraction, digest, int(simulated), utc_now()),
             )
 
@@ -282,7 +349,14 @@ class Workspace:
             rows = conn.execute(sql + " ORDER BY port, acquisition_time, scene_id", args).fetchall()
         finally:
             conn.close()
-        return [_record(r) for r in rows]
+        return [self._record(r) for r in rows]
+
+    def _record(self, row: sqlite3.Row) -> SceneRecord:
+        data = dict(row)
+        data["simulated"] = bool(data["simulated"])
+        resolved = self.resolve(data["path"])
+        data["path"] = str(resolved) if resolved else None
+        return SceneRecord(**data)
 
 
 def begin_immediate(conn: sqlite3.Connection, db_path: Path | str = "the database",
@@ -327,7 +401,9 @@ def _read_only_error(exc: BaseException) -> bool:
         exc, "sqlite_errorname", "").startswith("SQLITE_READONLY")
 
 
-def _record(row: sqlite3.Row) -> SceneRecord:
-    data = dict(row)
-    data["simulated"] = bool(data["simulated"])
-    return SceneRecord(**data)
+def _workspace_tails(path: Path) -> Iterator[Path]:
+    """The parts of an absolute path from each workspace folder in it on (scenes/...)."""
+    parts = path.parts
+    for i, part in enumerate(parts):
+        if part in FILE_FOLDERS and i < len(parts) - 1:
+            yield Path(*parts[i:])

@@ -83,28 +83,32 @@ def _ais_csv(path: Path, transform: Affine, acquired: datetime) -> Path:
     return path
 
 
-def build(root: Path) -> Demo:
+def build(root: Path, prefix: str = "S2TEST_vostochny_", simulated: bool = True) -> Demo:
+    """The workspace under `root`; scene ids are `prefix` + the date (a prefix with a space or
+    a `/` makes ids as some catalogues name scenes); `simulated=False` stores the same pixels
+    as observed scenes (source `sentinel-2`), for what differs between the two."""
     ws = open_workspace(root)
+    source = "simulated" if simulated else "sentinel-2"
     transform = _grid()
     rng = np.random.default_rng(0)
     scenes = []
     for k in range(3):
         when = T0 + timedelta(days=5 * k)
-        sid = f"S2TEST_vostochny_{when:%Y%m%d}"
+        sid = f"{prefix}{when:%Y%m%d}"
         path = ws.scene_path("vostochny", when, sid)
         write_scene(path, _pixels(rng), SCENE_BANDS, f"EPSG:{EPSG}", transform, scene_id=sid,
-                    port="vostochny", source="simulated", acquisition_time=when,
-                    extra_tags={"SIMULATED": "true"})
-        ws.record_scene(scene_id=sid, port="vostochny", source="simulated",
+                    port="vostochny", source=source, acquisition_time=when,
+                    extra_tags={"SIMULATED": "true"} if simulated else None)
+        ws.record_scene(scene_id=sid, port="vostochny", source=source,
                         acquisition_time=when, status="stored", path=path,
-                        cloud_fraction=0.05 * k, simulated=True)
+                        cloud_fraction=0.05 * k, simulated=simulated)
         scenes.append(sid)
     ais.import_file(ws, _ais_csv(root / "ais.csv", transform, T0 + timedelta(days=5)))
-    _insert_rows(ws, scenes, transform)
+    _insert_rows(ws, scenes, transform, simulated)
     return Demo(ws, scenes, f"{scenes[1]}#0", f"{scenes[1]}#2", f"{scenes[0]}#0", transform)
 
 
-def _insert_rows(ws: Workspace, scenes: list[str], transform: Affine) -> None:
+def _insert_rows(ws: Workspace, scenes: list[str], transform: Affine, simulated: bool) -> None:
     with ws.transaction() as conn:
         for k, sid in enumerate(scenes):
             when = (T0 + timedelta(days=5 * k)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -117,7 +121,8 @@ def _insert_rows(ws: Workspace, scenes: list[str], transform: Affine) -> None:
                              (sid, det_id, lon, lat, px, py, score, length, 14.0, 90.0, 1,
                               "oil-terminal"))
                 if det_id != 1 and (k == 1 or det_id == 0):
-                    _alert(conn, sid, det_id, when, lon, lat, px, py, score, length)
+                    _alert(conn, sid, det_id, when, lon, lat, px, py, score, length,
+                           simulated)
             conn.execute("INSERT INTO matches VALUES (?, 1, ?, 12.0, 'held-moored')",
                          (sid, EVIL_MMSI))
             conn.execute("INSERT INTO zone_counts VALUES (?, 'vostochny', 'oil-terminal', 'berth',"
@@ -129,7 +134,7 @@ def _insert_rows(ws: Workspace, scenes: list[str], transform: Affine) -> None:
                      (f"vostochny/oil-terminal/{scenes[0]}", scenes[0], scenes[1]))
 
 
-def _alert(conn, sid, det_id, when, lon, lat, px, py, score, length) -> None:
+def _alert(conn, sid, det_id, when, lon, lat, px, py, score, length, simulated) -> None:
     considered = [{"mmsi": STAR_MMSI, "name": "KOREA STAR", "distance_m": 600.0,
                    "length_m": 80.0, "refused": "beyond the 300 m gate"},
                   {"mmsi": EVIL_MMSI, "name": EVIL, "distance_m": 330.0, "length_m": 80.0,
@@ -139,6 +144,6 @@ def _alert(conn, sid, det_id, when, lon, lat, px, py, score, length) -> None:
         "INSERT INTO alerts (alert_id, scene_id, det_id, port, zone, acquisition_time, lon, lat,"
         " px_x, px_y, score, length_m, reasons, considered, chip_path, model, weights_sha256,"
         " simulated) VALUES (?, ?, ?, 'vostochny', 'oil-terminal', ?, ?, ?, ?, ?, ?, ?, ?, ?,"
-        " NULL, ?, ?, 1)",
+        " NULL, ?, ?, ?)",
         (f"{sid}#{det_id}", sid, det_id, when, lon, lat, px, py, score, length,
-         json.dumps(reasons), json.dumps(considered), MODEL, SHA))
+         json.dumps(reasons), json.dumps(considered), MODEL, SHA, int(simulated)))

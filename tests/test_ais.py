@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import sqlite3
+import zlib
 from datetime import UTC, datetime
 from functools import reduce
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from pyais import encode_dict
 
 from imagery import ais
+from imagery.ais import nmea, store
 from imagery.cli import main
 from imagery.workspace import Workspace
 
@@ -290,7 +292,7 @@ def test_crash_mid_import_keeps_nothing_of_that_file(ws: Workspace, tmp_path: Pa
                               [tagged(vdm(position(211000030, 1.0, 1.0))[0], c=T0)]))
     path = write(tmp_path / "crash.nmea", [tagged(vdm(position(211000031 + i, 2.0, 2.0))[0],
                                                   c=T0 + i) for i in range(5)])
-    real_position, calls = ais._position, []
+    real_position, calls = nmea._position, []
 
     def dying(*args, **kwargs):
         calls.append(1)
@@ -298,13 +300,13 @@ def test_crash_mid_import_keeps_nothing_of_that_file(ws: Workspace, tmp_path: Pa
             raise KeyboardInterrupt  # as if killed part-way
         return real_position(*args, **kwargs)
 
-    monkeypatch.setattr(ais, "_position", dying)
-    monkeypatch.setattr(ais, "BATCH", 1)  # rows already written when it dies
+    monkeypatch.setattr(nmea, "_position", dying)
+    monkeypatch.setattr(store, "BATCH", 1)  # rows already written when it dies
     with pytest.raises(KeyboardInterrupt):
         ais.import_file(ws, path)
     assert query(ws, "SELECT mmsi FROM ais_positions") == [(211000030,)]
     assert query(ws, "SELECT COUNT(*) FROM ais_imports") == [(1,)]
-    monkeypatch.setattr(ais, "_position", real_position)
+    monkeypatch.setattr(nmea, "_position", real_position)
     assert ais.import_file(ws, path).accepted == 5
 
 
@@ -367,6 +369,180 @@ def test_unknown_format_refused(ws: Workspace, tmp_path: Path):
         ais.import_file(ws, path)
 
 
+
+def test_csv_bad_cells_each_rejected_and_valid_rows_kept(ws: Workspace, tmp_path: Path):
+    """A huge number used to raise OverflowError in SQLite and roll the whole file back; now
+    each bad cell is a counted rejection of its row and every valid row is stored."""
+    huge = "99999999999999999999999"
+    day = "2024-03-01T12:00:00"
+
+    def row(mmsi: object, sog: object = "", cog: object = "", heading: object = "",
+            shiptype: object = "", status: object = "", length: object = "",
+            width: object = "") -> str:
+        return mc_row(mmsi, day, 54.3, 10.5, sog, cog, heading, "SHIP", "", "", shiptype,
+                      status, length, width)
+
+    bad = [row(366000101, status="1e30"), row(366000102, status=huge),
+           row(366000103, status=-3), row(366000104, status=16), row(366000105, status=5.5),
+           row(366000106, shiptype="1e30"), row(366000107, shiptype=huge),
+           row(366000108, shiptype=-1), row("000000000"), row(366000110, length="1e308"),
+           row(366000111, length=-5), row(366000112, width=600), row(366000113, heading=400),
+           row(366000114, sog=150), row(366000115, cog=-1), row(366000116, length="inf"),
+           row(366000117, status="nan")]
+    good = [row(366000201, sog=102.3, cog=360, heading=511, shiptype=0, status=15, length=0),
+            row(366000202, sog=12.5, cog=359.9, heading=359, shiptype=99, status=0,
+                length=499, width=60)]
+    path = write(tmp_path / "cells.csv", [MC_HEADER, good[0], *bad, good[1]])
+    report = ais.import_file(ws, path)
+    assert report.rejected == {"bad_cog": 1, "bad_heading": 1, "bad_length": 2, "bad_mmsi": 1,
+                               "bad_nav_status": 5, "bad_number": 2, "bad_ship_type": 3,
+                               "bad_sog": 1, "bad_width": 1}
+    assert (report.messages, report.accepted) == (19, 2)
+    assert query(ws, "SELECT mmsi, sog_kn, cog_deg, heading_deg, nav_status FROM ais_positions "
+                     "ORDER BY mmsi") == [(366000201, None, None, None, 15),
+                                          (366000202, 12.5, 359.9, 359.0, 0)]
+    assert query(ws, "SELECT mmsi, ship_type, length_m, width_m FROM ais_vessels "
+                     "ORDER BY mmsi") == [(366000201, None, None, None),
+                                          (366000202, 99, 499.0, 60.0)]
+
+
+def test_csv_unbalanced_quote_loses_only_its_row(ws: Workspace, tmp_path: Path):
+    """A quote left open in a name used to swallow every following row into that name."""
+    day = "2024-03-01T12:00:00"
+    path = tmp_path / "quote.csv"
+    path.write_text("\n".join([
+        MC_HEADER,
+        mc_row(366000301, day, 54.3, 10.5, 0, 0, 0, '"OPEN QUOTE'),
+        mc_row(366000302, day, 54.3, 10.6, 0, 0, 0, "AFTER ONE"),
+        mc_row(366000303, day, 54.3, 10.7, 0, 0, 0, '"COMMA, AND ""QUOTES"""'),
+        mc_row(366000304, day, 54.3, 10.8, 0, 0, 0, 'MID"QUOTE'),
+        mc_row(366000305, day, 54.3, 10.9, 0, 0, 0, "AFTER TWO"),
+        mc_row(366000306, day, 54.3, 11.0, 0, 0, 0, '"OPEN AT THE END'),
+    ]))  # no line break after the last row either
+    report = ais.import_file(ws, path)
+    assert report.rejected == {"unbalanced_quote": 2}
+    assert (report.messages, report.accepted) == (6, 4)
+    assert query(ws, "SELECT mmsi, name FROM ais_vessels ORDER BY mmsi") == [
+        (366000302, "AFTER ONE"), (366000303, 'COMMA, AND "QUOTES"'),
+        (366000304, 'MID"QUOTE'), (366000305, "AFTER TWO")]
+
+
+def test_csv_overlong_line_skipped_unread(ws: Workspace, tmp_path: Path):
+    day = "2024-03-01T12:00:00"
+    path = write(tmp_path / "long.csv", [
+        MC_HEADER, mc_row(366000401, day, 54.3, 10.5, 0, 0, 0, "X" * (ais.MAX_CSV_LINE * 3)),
+        mc_row(366000402, day, 54.3, 10.6)])
+    report = ais.import_file(ws, path)
+    assert report.rejected == {"overlong_line": 1}
+    assert query(ws, "SELECT mmsi FROM ais_positions") == [(366000402,)]
+
+
+# The same bad value given to each path: (NMEA message fields, CSV row cells, reason).
+SAME_RULES = [
+    ({"mmsi": 0}, {"mmsi": "000000000"}, "bad_mmsi"),
+    ({"mmsi": 1_000_000_000}, {"mmsi": "1000000000"}, "bad_mmsi"),
+    ({"heading": 400}, {"heading": 400}, "bad_heading"),
+    ({"course": 400.0}, {"cog": 400}, "bad_cog"),
+    ({"to_port": 40, "to_starboard": 30, "to_bow": 10}, {"width": 70, "length": 10}, None),
+    ({"to_bow": 400, "to_stern": 200}, {"length": 600}, "bad_length"),
+    ({"heading": 511, "course": 360.0, "speed": 102.3, "status": 15}, {
+        "heading": 511, "cog": 360, "sog": 102.3, "status": 15}, None),
+    ({"ship_type": 0, "to_bow": 0}, {"shiptype": 0, "length": 0}, None),
+    # Reserved ship types (100-255): "not available" to the NMEA decoder, so to both.
+    ({"ship_type": 150}, {"shiptype": 150}, None),
+]
+
+
+@pytest.mark.parametrize(("nmea", "cells", "reason"), SAME_RULES)
+def test_nmea_and_csv_apply_the_same_rules(ws: Workspace, tmp_path: Path, nmea: dict,
+                                          cells: dict, reason: str | None):
+    static = any(k in nmea for k in ("ship_type", "to_bow"))
+    message = ({"type": 5, "mmsi": 211000070, "shipname": "SAME"} if static
+               else position(211000070, 10.5, 54.3))
+    message.update(nmea)
+    parts = vdm(message, seq_id=1)
+    nmea_path = write(tmp_path / "same.nmea", [tagged(parts[0], c=T0), *parts[1:]])
+    order = ["mmsi", "time", "lat", "lon", "sog", "cog", "heading", "name", "imo", "callsign",
+             "shiptype", "status", "length", "width"]
+    values = {"mmsi": 211000071, "time": iso(T0), "lat": 54.3, "lon": 10.5, "name": "SAME",
+              **cells}
+    csv_path = write(tmp_path / "same.csv", [MC_HEADER, mc_row(*(values.get(k, "")
+                                                                 for k in order))])
+    for path in (nmea_path, csv_path):
+        report = ais.import_file(ws, path)
+        assert report.rejected == ({reason: 1} if reason else {}), path.name
+        assert (report.accepted + report.static_updates > 0) == (reason is None), path.name
+    if reason is None:  # the same values stored from both (211000070 by NMEA, 71 by CSV)
+        rows = query(ws, "SELECT ship_type, length_m, width_m FROM ais_vessels ORDER BY mmsi"
+                     if static else "SELECT sog_kn, cog_deg, heading_deg, nav_status FROM "
+                     "ais_positions ORDER BY mmsi")
+        assert len(rows) == 2 and rows[0] == rows[1], rows
+
+
+def test_check_values_refuses_what_sqlite_or_ais_cannot_hold():
+    for name, value in [("nav_status", -3), ("nav_status", 1e30), ("nav_status", 2.5),
+                        ("ship_type", float(10**23)), ("ship_type", 256), ("length_m", 1e308),
+                        ("length_m", float("inf")), ("sog_kn", float("nan")), ("mmsi", 0)]:
+        assert ais.check_values({name: value})[0] is not None, (name, value)
+    assert ais.check_values({"heading_deg": 511, "nav_status": 15.0, "ship_type": 150}) == (
+        None, {"heading_deg": None, "nav_status": 15, "ship_type": None})
+
+
+# --- damaged gzip ------------------------------------------------------------------------------
+
+
+def distinct_nmea(count: int) -> bytes:
+    """`count` lines, each a different timed position (so each stored line is one row)."""
+    return "".join(tagged(vdm(position(211100000 + i, 10.0 + i / 1000, 54.0))[0], c=T0 + i)
+                   + "\n" for i in range(count)).encode()
+
+
+def complete_lines(packed: bytes) -> int:
+    """Lines ending in a line break among the bytes a damaged gzip still yields."""
+    return zlib.decompressobj(wbits=31).decompress(packed).count(b"\n")
+
+
+def test_truncated_gzip_keeps_its_complete_lines(ws: Workspace, tmp_path: Path):
+    packed = gzip.compress(distinct_nmea(400))
+    cut = packed[: len(packed) * 3 // 5]
+    path = tmp_path / "cut.nm4.gz"
+    path.write_bytes(cut)
+    report = ais.import_file(ws, path)
+    assert report.truncated and report.rejected == {"truncated_gzip": 1}
+    kept = complete_lines(cut)
+    assert 100 < kept < 400
+    assert report.accepted == kept
+    assert query(ws, "SELECT COUNT(*) FROM ais_positions") == [(kept,)]
+    assert "TRUNCATED" in ais.describe_import(report)[0]
+    again = ais.import_file(ws, path)  # the same cut file: already imported, still truncated
+    assert again.already_imported and again.truncated
+    assert "TRUNCATED" in ais.describe_import(again)[0]
+
+
+def test_gzip_cut_before_its_first_line_is_refused(ws: Workspace, tmp_path: Path):
+    path = tmp_path / "header-only.nm4.gz"
+    path.write_bytes(gzip.compress(distinct_nmea(50))[:12])
+    ais.ensure_schema(ws)
+    with pytest.raises(ais.AisError, match="header-only.nm4.gz: truncated gzip"):
+        ais.import_file(ws, path)
+    assert query(ws, "SELECT COUNT(*) FROM ais_imports") == [(0,)]
+
+
+@pytest.mark.parametrize("damage", ["crc", "data"])
+def test_corrupt_gzip_is_refused_whole(ws: Workspace, tmp_path: Path, damage: str):
+    packed = bytearray(gzip.compress(distinct_nmea(400)))
+    if damage == "crc":
+        packed[-8] ^= 0xFF  # every byte decompresses; the CRC32 then disagrees
+    else:
+        packed[len(packed) // 2: len(packed) // 2 + 16] = bytes(16)
+    path = tmp_path / f"{damage}.nm4.gz"
+    path.write_bytes(bytes(packed))
+    with pytest.raises(ais.AisError) as caught:
+        ais.import_file(ws, path, fmt="nmea")
+    assert str(caught.value).startswith(f"{path}: corrupt gzip")
+    assert query(ws, "SELECT COUNT(*) FROM ais_positions") == [(0,)]
+    assert query(ws, "SELECT COUNT(*) FROM ais_imports") == [(0,)]
+
 # --- watchlist and queries -------------------------------------------------------------------
 
 
@@ -408,6 +584,27 @@ def test_watchlist_flags_vessels_on_import(ws: Workspace, tmp_path: Path):
     later = ais.import_watchlist(ws, write(tmp_path / "more.csv", ["mmsi,note",
                                                                    "445000003,now of interest"]))
     assert {mmsi for mmsi, _, _ in later.seen} == {445000001, 445000002, 445000003}
+
+
+def test_watchlist_stray_quote_and_null_mmsi(ws: Workspace, tmp_path: Path):
+    report = ais.import_watchlist(ws, write(tmp_path / "w.csv", [
+        "mmsi,name,note", '445000011,"OPEN QUOTE,x', "445000012,AFTER,y", "000000000,ZERO,z",
+        '445000013,"QUOTED, FINE",w']))
+    assert report.rejected == {"bad_mmsi": 1, "unbalanced_quote": 1}
+    assert query(ws, "SELECT mmsi, name FROM watchlist ORDER BY mmsi") == [
+        (445000012, "AFTER"), (445000013, "QUOTED, FINE")]
+
+
+@pytest.mark.parametrize("damage", ["cut", "crc"])
+def test_damaged_gzip_watchlist_adds_nothing(ws: Workspace, tmp_path: Path, damage: str):
+    rows = "mmsi,note\n" + "".join(f"{445100000 + i},listed\n" for i in range(2000))
+    packed = gzip.compress(rows.encode())
+    packed = packed[: len(packed) // 2] if damage == "cut" else packed[:-8] + bytes(8)
+    path = tmp_path / f"{damage}.csv.gz"
+    path.write_bytes(packed)
+    with pytest.raises(ais.AisError, match=f"{damage}.csv.gz: (truncated|corrupt) gzip"):
+        ais.import_watchlist(ws, path)
+    assert query(ws, "SELECT COUNT(*) FROM watchlist") == [(0,)]
 
 
 def test_watchlist_needs_an_identifier_column(ws: Workspace, tmp_path: Path):

@@ -341,3 +341,128 @@ def test_save_weights_roundtrip(tmp_path):
     x, present = torch.rand(2, 5, 32, 32) * 0.3, torch.ones(2, 5, dtype=torch.bool)
     with torch.inference_mode():
         assert torch.allclose(model.eval()(x, present), loaded(x, present), atol=1e-4)
+
+
+# The two detections the demo's Vostochny scene of 2024-03-19 gave on one 102 m vessel (heading
+# 90), as the shipped model estimated them: 2 px apart, equal scores, headings 66 and 95.
+DEMO_TWIN = [(225.5, 308.5, 0.5209, 72.0, 10.0, 66.0), (227.5, 308.5, 0.5205, 72.0, 11.0, 95.0)]
+
+
+def _detections(rows) -> list[detector.Detection]:
+    return [detector.Detection(px_x=x, px_y=y, score=s, length_m=length, width_m=width,
+                               heading_deg=h) for x, y, s, length, width, h in rows]
+
+
+def test_suppress_drops_a_second_peak_on_one_hull_either_way_round():
+    # The stronger peak's narrow hull (heading 66) misses the weaker centre by 0.8 px across;
+    # the weaker one's hull (heading 95) holds the stronger centre: one vessel, kept once.
+    kept = detector.suppress(_detections(DEMO_TWIN), 10.0, 0.0, box_fraction=1.1)
+    assert [(d.px_x, d.score) for d in kept] == [(225.5, 0.5209)]
+
+
+def test_suppress_keeps_vessels_side_by_side_and_end_to_end():
+    rafted = [(100.5, 100.5, 0.8, 100.0, 16.0, 90.0), (100.5, 102.5, 0.7, 100.0, 16.0, 90.0)]
+    in_line = [(100.5, 100.5, 0.8, 100.0, 16.0, 90.0), (112.5, 100.5, 0.7, 100.0, 16.0, 90.0)]
+    for rows in (rafted, in_line):
+        assert len(detector.suppress(_detections(rows), 10.0, 0.0, box_fraction=1.1)) == 2
+
+
+def _heat_output(heat: np.ndarray, length_px: float = 8.0) -> torch.Tensor:
+    """A model output (1, 6, H, W) with this heat (probabilities) and a fixed size estimate."""
+    h = torch.from_numpy(heat).float()
+    out = torch.zeros(1, 6, *heat.shape)
+    out[0, 0] = torch.logit(h.clamp(1e-6, 1 - 1e-6))
+    out[0, 2], out[0, 3], out[0, 5] = math.log(length_px), math.log(1.5), 1.0
+    return out
+
+
+def test_decode_keeps_one_peak_on_a_ridge_and_two_across_a_valley():
+    heat = np.full((16, 24), 0.01)
+    # The shipped model's heat along that hull (row 308, columns 224-229 of the demo scene):
+    # two maxima 2 px apart with a 3 % dip between them.
+    heat[4, 2:8] = [0.209, 0.515, 0.5209, 0.5039, 0.5205, 0.5192]
+    heat[3, 3:7] = heat[5, 3:7] = 0.25
+    # Two vessels end to end: two hills 5 px apart with a valley at a fifth of their height.
+    heat[11, 10:17] = [0.3, 0.6, 0.3, 0.12, 0.3, 0.6, 0.3]
+    peaks = detector.decode_peaks(_heat_output(heat), threshold=0.4)[0]
+    assert sorted((p.x, p.y) for p in peaks) == [(4.5, 4.5), (11.5, 11.5), (15.5, 11.5)]
+
+
+# --- hostile weights (issue 25, item 12) -------------------------------------------------------
+
+
+class _Reduces:
+    """Unpickling this calls os.getcwd: harmless, but code all the same."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.getcwd, ())
+
+
+def _state_bytes(state) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def hostile_weights(folder: Path, case: str) -> Path:
+    """A `.pt` and its metadata, bad in one way; the sha256 in the metadata matches the file,
+    so what is tested is what happens after the checksum."""
+    import hashlib
+    import pickle
+
+    good = _state_bytes(BerthNet((8, 8, 16, 16)).state_dict())
+    widths, name = [8, 8, 16, 16], "w.pt"
+    content = {
+        "truncated": good[: len(good) // 2],
+        "empty": b"",
+        "wrong-keys": _state_bytes({"conv.weight": torch.zeros(3, 3)}),
+        "wrong-widths": good,
+        "pickle": pickle.dumps({"stem.0.0.weight": _Reduces()}),
+        "pickle-in-zip": _state_bytes({"stem.0.0.weight": _Reduces()}),
+        "outside": good,
+        "absolute": good,
+    }[case]
+    if case == "wrong-widths":
+        widths = [16, 32, 64, 96]
+    if case == "outside":
+        name = "../outside.pt"
+    if case == "absolute":
+        name = str(folder.parent / "outside.pt")
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "w.pt" if name == "w.pt" else folder.parent / "outside.pt"
+    target.write_bytes(content)
+    (folder / "w.pt").write_bytes(content)
+    meta = {"name": "w", "file": name, "sha256": hashlib.sha256(content).hexdigest(),
+            "size": len(content), "widths": widths}
+    (folder / "w.json").write_text(json.dumps(meta))
+    return folder / "w.pt"
+
+
+@pytest.mark.parametrize("case, message", [
+    ("truncated", "w.pt: not loadable weights"),
+    ("empty", "w.pt: not loadable weights"),
+    ("wrong-keys", "w.pt: weights do not fit BerthNet widths [8, 8, 16, 16] (Missing key"),
+    ("wrong-widths", "w.pt: weights do not fit BerthNet widths [16, 32, 64, 96] (size mismatch"),
+    ("pickle", "w.pt: not loadable weights (Weights only load failed"),
+    ("pickle-in-zip", "w.pt: not loadable weights (Weights only load failed"),
+    ("outside", "w.json: weights file '../outside.pt' must be a file name in the metadata's"),
+    ("absolute", "outside.pt' must be a file name in the metadata's folder"),
+])
+def test_bad_weights_get_one_clear_line(tmp_path, case, message):
+    path = hostile_weights(tmp_path / "weights", case)
+    with pytest.raises(DetectorError) as info:
+        load_model(path)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_missing_weights_file_is_named(tmp_path):
+    with pytest.raises(DetectorError, match=r"nope\.pt: weights file not found"):
+        load_model(tmp_path / "nope.pt")
+    path = hostile_weights(tmp_path / "weights", "truncated")
+    path.unlink()  # the metadata stays, naming a file that is gone
+    with pytest.raises(DetectorError, match=r"weights/w\.pt: weights file not found"):
+        load_model(tmp_path / "weights" / "w.json")

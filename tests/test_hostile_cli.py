@@ -266,7 +266,7 @@ def test_every_option_has_help(command):
 
 
 def test_alerts_show_and_filter_the_review_status(demo):
-    from imagery import review_db
+    from imagery.review import db as review_db
 
     review_db.ensure_schema(demo.ws)
     review_db.record(demo.ws, scene_id=demo.scenes[1], action="verdict", analyst="ana",
@@ -389,7 +389,7 @@ def test_a_long_ais_import_lets_another_writer_in(demo, tmp_path):
     """An import of a large file commits in batches: a verdict written by another process
     while it runs is recorded before the import ends (with one transaction for the whole
     file, nothing of it is visible and every other writer waits until it ends)."""
-    from imagery import review_db
+    from imagery.review import db as review_db
     from imagery.workspace import Workspace
 
     feed = _big_ais_csv(tmp_path / "big.csv", 300_000)

@@ -122,7 +122,7 @@ def test_sigkill_at_any_point_then_rerun_equals_one_clean_run(clean_run, tiny_we
 
 
 def test_a_failing_scene_is_recorded_and_retried_without_blocking(clean_run, tiny_weights,
-                                                                 tmp_path):
+                                                                 tmp_path, monkeypatch):
     ws = open_workspace(tmp_path / "ws")
     port = get_port("chongjin")
     source = SimulatedSource(seed=3)
@@ -130,15 +130,25 @@ def test_a_failing_scene_is_recorded_and_retried_without_blocking(clean_run, tin
                       threshold=0.1, progress=False)
     processed = len(report.processed)
     assert processed >= 2
-    # Corrupt one stored scene and forget it was processed: the next pass fails it alone.
+    # A transient failure of one scene (its detection raises) and forget it was processed:
+    # the next pass fails it alone, and the one after retries it.
     conn = ws.connect()
-    path, sid = conn.execute("SELECT path, scene_id FROM scenes LIMIT 1").fetchone()
+    sid = conn.execute("SELECT scene_id FROM scenes WHERE status = 'stored' LIMIT 1").fetchone()[0]
     conn.execute("DELETE FROM processing WHERE scene_id = ?", (sid,))
     conn.close()
-    Path(path).write_bytes(b"not a tiff")
+    import imagery.detector
+
+    real = imagery.detector.detect_scene
+
+    def flaky(path, *args, **kwargs):
+        if Path(path).name.startswith(sid):
+            raise RuntimeError("the model server went away")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(imagery.detector, "detect_scene", flaky)
     report = run_pass(ws, [port], None, START, END, weights=str(tiny_weights), threshold=0.1,
                       progress=False)
-    assert list(report.failed) == [sid] and "not a" in report.failed[sid]
+    assert list(report.failed) == [sid] and "went away" in report.failed[sid]
     conn = ws.connect()
     status, reason, attempts = conn.execute(
         "SELECT status, reason, attempts FROM processing WHERE scene_id = ?", (sid,)).fetchone()
@@ -153,6 +163,102 @@ def test_a_failing_scene_is_recorded_and_retried_without_blocking(clean_run, tin
     done = conn.execute("SELECT COUNT(*) FROM processing WHERE status = 'done'").fetchone()[0]
     assert done == processed - 1
     conn.close()
+    monkeypatch.setattr(imagery.detector, "detect_scene", real)
+    report = run_pass(ws, [port], None, START, END, weights=str(tiny_weights), threshold=0.1,
+                      progress=False)
+    assert report.processed == [sid] and not report.failed
+
+
+def test_a_stored_file_that_no_longer_matches_its_hash_is_not_used(tiny_weights, tmp_path):
+    """Issue 25 item 4: a stored scene is used only while it is the file fetched."""
+    from imagery.workspace import sha256_file
+
+    ws = open_workspace(tmp_path / "ws")
+    port = get_port("chongjin")
+    source = SimulatedSource(seed=3)
+    run_pass(ws, [port], source, START, END, max_cloud=100, weights=str(tiny_weights),
+             threshold=0.1, progress=False)
+    victim = next(r for r in ws.list_scenes() if r.status == "stored")
+    conn = ws.connect()
+    conn.execute("DELETE FROM processing WHERE scene_id = ?", (victim.scene_id,))
+    conn.close()
+    Path(victim.path).write_bytes(Path(victim.path).read_bytes()[:-10] + b"x" * 10)
+    report = run_pass(ws, [port], None, START, END, weights=str(tiny_weights), threshold=0.1,
+                      progress=False)
+    assert list(report.failed) == [victim.scene_id]
+    assert "no longer matches its recorded sha256" in report.failed[victim.scene_id]
+    assert victim.path in report.failed[victim.scene_id]
+    assert ws.scene(victim.scene_id).status == "failed"
+    conn = ws.connect()
+    assert conn.execute("SELECT status FROM processing WHERE scene_id = ?",
+                        (victim.scene_id,)).fetchone()[0] == "failed"
+    conn.close()
+    # The next pass with a source fetches it again and processes the file it now holds.
+    report = run_pass(ws, [port], source, START, END, max_cloud=100, weights=str(tiny_weights),
+                      threshold=0.1, progress=False)
+    assert report.processed == [victim.scene_id] and not report.failed
+    again = ws.scene(victim.scene_id)
+    assert again.status == "stored" and sha256_file(again.path) == again.sha256
+
+
+def test_no_ais_coverage_raises_no_alert_until_ais_arrives(clean_run, tiny_weights, tmp_path,
+                                                           capsys):
+    """Issue 25 item 2: the same scenes without any AIS make no alert, say so in `run` and
+    `alerts`, and are reconciled again once AIS for their time is imported."""
+    conn = sqlite3.connect(clean_run / "berthwatch.sqlite")
+    covered_alerts = conn.execute("SELECT COUNT(*) FROM alerts").fetchone()[0]
+    conn.close()
+    ws = tmp_path / "bare"
+    assert main(_args(ws, tiny_weights)) == 0
+    out = capsys.readouterr().out
+    conn = sqlite3.connect(ws / "berthwatch.sqlite")
+    scenes = conn.execute("SELECT COUNT(*) FROM processing WHERE status = 'done'").fetchone()[0]
+    assert conn.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == 0
+    assert conn.execute("SELECT COUNT(*) FROM processing WHERE ais_coverage = 0").fetchone()[0] \
+        == scenes >= 2
+    assert {r[0] for r in conn.execute("SELECT status FROM zone_counts WHERE detected IS NOT "
+                                       "NULL")} == {"no_ais_coverage"}
+    conn.close()
+    assert "alerts: 0" in out and f"no AIS coverage: {scenes} scene(s)" in out
+    assert main(["alerts", "--workspace", str(ws)]) == 0
+    listing = capsys.readouterr().out
+    assert listing.startswith("no undeclared port calls")
+    assert f"chongjin: {scenes} scene(s) from 2024-03-0" in listing and "no AIS coverage" in listing
+    # AIS imported later: the next run reconciles those scenes as the covered run did.
+    assert main(["ais", "import", str(_feed(tmp_path / "feed.nm4")), "--workspace", str(ws)]) == 0
+    assert main(_args(ws, tiny_weights)) == 0
+    assert f"processed: {scenes}" in capsys.readouterr().out
+    conn = sqlite3.connect(ws / "berthwatch.sqlite")
+    assert conn.execute("SELECT COUNT(*) FROM processing WHERE ais_coverage = 1").fetchone()[0] \
+        == scenes
+    assert conn.execute("SELECT COUNT(*) FROM alerts").fetchone()[0] == covered_alerts > 0
+    conn.close()
+
+
+def test_a_moved_workspace_keeps_its_alerts_and_files(clean_run, tmp_path, capsys):
+    """Issue 25 item 14: paths are stored relative to the workspace; a copy elsewhere opens
+    every scene, detections file and chip, and processes nothing again."""
+    import shutil
+
+    from imagery.alerts import query_alerts
+    from imagery.pipeline import pending_scenes
+
+    copy = Path(shutil.copytree(clean_run, tmp_path / "copied"))
+    conn = sqlite3.connect(copy / "berthwatch.sqlite")
+    stored = [r[0] for r in conn.execute(
+        "SELECT path FROM scenes WHERE path IS NOT NULL UNION ALL "
+        "SELECT detections_path FROM processing WHERE detections_path IS NOT NULL UNION ALL "
+        "SELECT chip_path FROM alerts WHERE chip_path IS NOT NULL")]
+    conn.close()
+    assert stored and not any(p.startswith("/") for p in stored)
+    ws = open_workspace(copy)
+    alerts = query_alerts(ws)
+    assert alerts and all(Path(a["chip_path"]).is_file() and
+                          Path(a["chip_path"]).is_relative_to(copy.resolve()) for a in alerts)
+    assert all(Path(r.path).is_file() for r in ws.list_scenes() if r.status == "stored")
+    assert pending_scenes(ws, get_port("chongjin")) == []
+    assert main(["alerts", "--workspace", str(copy), "--format", "csv"]) == 0
+    assert str(copy.resolve()) in capsys.readouterr().out
 
 
 def test_run_with_tta_records_it_in_every_scenes_detections(clean_run, tiny_weights,

@@ -158,3 +158,37 @@ def test_unmatched_detection_under_cloud_is_set_aside_not_alerted():
     # Matching is unchanged: a clouded detection still accounts for an AIS vessel there.
     matched = _run([clouded], [_moored_fix(5, north_m=400.0)], point_visible=seen)
     assert len(matched.matched) == 1 and matched.under_cloud == [] and matched.ais_only == []
+
+
+def test_no_ais_coverage_raises_no_alert_and_marks_the_zones():
+    """Issue 25 item 2: without AIS around its time a scene cannot show a call undeclared."""
+    result = reconcile_scene(
+        scene_id="S1", port=PORT, acquisition_time=T0, detections=[_det(0), _det(1, 400)],
+        fixes=[], vessels={}, zone_visible={}, ais_covered=False)
+    assert result.unmatched == [] and len(result.no_coverage) == 2 and not result.ais_covered
+    zone = next(z for z in result.zones if z.zone == "oil-terminal")
+    assert zone.detected == 2 and zone.status == "no_ais_coverage"
+    covered = _run([_det(0)], [])
+    assert len(covered.unmatched) == 1 and covered.no_coverage == []
+    assert next(z for z in covered.zones if z.zone == "oil-terminal").status == "observed"
+
+
+def test_no_coverage_scene_neither_ends_nor_extends_an_episode():
+    t1, t2, t3 = T0, T0 + timedelta(days=5), T0 + timedelta(days=10)
+    scenes = [reconcile_scene(scene_id=sid, port=PORT, acquisition_time=t, detections=[_det(0)],
+                              fixes=[], vessels={}, zone_visible={}, ais_covered=covered)
+              for sid, t, covered in (("A", t1, True), ("B", t2, False), ("C", t3, True))]
+    (episode,) = merge_episodes(scenes)
+    assert episode.scene_ids == ["A", "C"] and episode.last_seen == t3
+
+
+def test_reason_names_the_pairing_gate_the_readme_states():
+    from pathlib import Path
+
+    (item,) = _run([_det(0)], []).unmatched
+    assert item.reasons == ["no AIS vessel placed within the 300 m pairing gate "
+                            "(none within 900 m)"]
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    assert f"| pair a detection with an AIS vessel within | {Gates().match_distance_m:g} m |" \
+        in readme
+    assert f"within {Gates().consider_distance_m:g} m" in readme

@@ -15,12 +15,15 @@ import zipfile
 from pathlib import Path
 from urllib.parse import quote
 
+import numpy as np
 import pytest
 import review_workspace as rw
 from PIL import Image
 
-from imagery import review_db
+from imagery.render import SIMULATED_BAND_PX, SIMULATED_COLOUR
 from imagery.review import BindError, check_bind, create_app
+from imagery.review import db as review_db
+from imagery.review.media import CAPTION_PX
 from imagery.workspace import Workspace
 
 with warnings.catch_warnings():
@@ -68,6 +71,18 @@ def png(response) -> Image.Image:
     return image
 
 
+def assert_marked_simulated(image: Image.Image, scene_id: str) -> None:
+    """The PNG says SIMULATED in its text chunks and in an amber band along its bottom."""
+    assert image.text["berthwatch:simulated"] == "true"
+    assert image.text["berthwatch:scene_id"] == scene_id
+    rgb = image.convert("RGB")
+    band = [rgb.getpixel((x, y)) for x in range(0, image.width, 7)
+            for y in range(image.height - SIMULATED_BAND_PX, image.height)]
+    amber = sum(p == SIMULATED_COLOUR for p in band) / len(band)
+    assert amber > 0.6, amber  # the rest is the black lettering
+    assert any(p != SIMULATED_COLOUR for p in band)  # the text is there
+
+
 # --- pages -----------------------------------------------------------------------------------
 
 
@@ -112,18 +127,66 @@ def test_alert_page_shows_chips_metadata_ais_and_neighbours(client, demo):
     assert ESCAPED in text and "<script>alert" not in text
 
 
+# Below each picture: the caption strip (date, scale bar), then the SIMULATED band.
+BELOW = CAPTION_PX + SIMULATED_BAND_PX
+
+
 def test_chip_pngs_are_valid_images(client, demo):
     true = png(client.get(url(demo.alert, "/chip.png?bands=true")))
     false = png(client.get(url(demo.alert, "/chip.png?bands=false")))
-    assert true.size == false.size == (384, 384)
+    assert true.size == false.size == (384, 384 + BELOW)
     assert true.tobytes() != false.tobytes()
-    assert png(client.get(url(demo.alert, "/chip.png"))).size == (384, 384)
+    assert png(client.get(url(demo.alert, "/chip.png"))).size == (384, 384 + BELOW)
     assert client.get(url(demo.alert, "/chip.png?bands=nir")).status_code == 400
-    assert png(client.get(url(demo.alert, "/neighbour/previous.png"))).size == (192, 192)
-    assert png(client.get(url(demo.alert, "/neighbour/next.png"))).size == (192, 192)
+    assert png(client.get(url(demo.alert, "/neighbour/previous.png"))).size == (192, 192 + BELOW)
+    assert png(client.get(url(demo.alert, "/neighbour/next.png"))).size == (192, 192 + BELOW)
     last = demo.scenes[2] + "#0"
     assert client.get(url(last, "/neighbour/next.png")).status_code == 404
     assert client.get(url(demo.alert, "/neighbour/sideways.png")).status_code == 404
+
+
+def test_alert_page_shows_when_where_why_before_the_form(client, demo):
+    text = client.get(url(demo.alert)).text
+    form, table = text.index('id="verdict-form"'), text.index('class="vessels"')
+    facts = {"fact-time": "2024-03-06T01:50:00Z", "fact-port": "vostochny",
+             "fact-berth": "oil-terminal", "fact-score": "0.91", "fact-length": "100 m",
+             "fact-ais": "the nearest " + ESCAPED + " at 330 m: paired with another detection",
+             "fact-reasons": "unmatched berthed detection"}
+    for key, value in facts.items():
+        start = text.index(f'id="{key}"')
+        assert value in text[start:start + 300], key
+        assert start < form and start < table, key
+    for image in ('id="chip-true"', 'id="chip-clean"', f'src="{url(demo.alert)}/overview.png"'):
+        assert text.index(image) < form, image
+
+
+def test_clean_chip_and_overview_are_pngs(client, demo):
+    marked = png(client.get(url(demo.alert, "/chip.png")))
+    clean = png(client.get(url(demo.alert, "/clean.png")))
+    assert clean.size == marked.size
+    ring = (192 + 18, 192)  # on the red ring around the alert's vessel, in the chip's centre
+    assert marked.convert("RGB").getpixel(ring) == (255, 40, 40)
+    assert clean.convert("RGB").getpixel(ring) != (255, 40, 40)
+    overview = png(client.get(url(demo.alert, "/overview.png")))
+    assert overview.size == (640, 640 + BELOW)  # the 128 px scene, x5
+    pixels = np.asarray(overview.convert("RGB")).reshape(-1, 3)
+    colours = {tuple(int(v) for v in p) for p in np.unique(pixels, axis=0)}
+    assert {(255, 230, 0), (255, 40, 40), (0, 255, 255)} <= colours  # berth, alert, AIS
+    for image in (marked, clean, overview):
+        assert_marked_simulated(image, demo.scenes[1])
+    assert client.get(url("nope#1", "/overview.png")).status_code == 404
+
+
+def test_pictures_of_observed_scenes_carry_no_simulated_band(tmp_path):
+    demo = rw.build(tmp_path / "ws", simulated=False)
+    with TestClient(create_app(demo.ws.root), base_url=LOCAL) as c:
+        assert "SIMULATED" not in c.get(url(demo.alert)).text
+        for suffix, scene in (("/chip.png", 1), ("/clean.png", 1), ("/overview.png", 1),
+                              ("/neighbour/next.png", 2)):
+            image = png(c.get(url(demo.alert, suffix)))
+            assert image.text == {"berthwatch:scene_id": demo.scenes[scene],
+                                  "berthwatch:simulated": "false"}
+            assert image.height in (384 + CAPTION_PX, 640 + CAPTION_PX, 192 + CAPTION_PX)
 
 
 def test_external_strings_are_escaped_everywhere(client, demo):
@@ -246,8 +309,8 @@ def test_evidence_zip_manifest_hashes_match(client, demo):
     assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
     bundle = zipfile.ZipFile(io.BytesIO(response.content))
     manifest = json.loads(bundle.read("manifest.json"))
-    assert set(manifest["files"]) == {"chip_true.png", "chip_false.png", "detections.geojson",
-                                      "ais_positions.csv", "reviews.json"}
+    assert set(manifest["files"]) == {"chip_true.png", "chip_true_clean.png", "chip_false.png",
+                                      "detections.geojson", "ais_positions.csv", "reviews.json"}
     for name, digest in manifest["files"].items():
         assert hashlib.sha256(bundle.read(name)).hexdigest() == digest, name
     assert manifest["scene_id"] == demo.scenes[1]
@@ -255,8 +318,10 @@ def test_evidence_zip_manifest_hashes_match(client, demo):
     assert manifest["model"] == rw.MODEL and manifest["weights_sha256"] == rw.SHA
     assert manifest["reasons"][0] == "unmatched berthed detection"
     assert manifest["export_time"].endswith("Z") and manifest["status"] == "confirmed"
-    for name in ("chip_true.png", "chip_false.png"):
-        assert Image.open(io.BytesIO(bundle.read(name))).size == (384, 384)
+    for name in ("chip_true.png", "chip_true_clean.png", "chip_false.png"):
+        image = Image.open(io.BytesIO(bundle.read(name)))
+        assert image.size == (384, 384 + BELOW)
+        assert_marked_simulated(image, demo.scenes[1])
     detections = json.loads(bundle.read("detections.geojson"))
     assert detections["type"] == "FeatureCollection" and len(detections["features"]) == 3
     rows = list(csv.DictReader(io.StringIO(bundle.read("ais_positions.csv").decode())))
@@ -284,6 +349,44 @@ def test_confirmed_export_csv_and_geojson(client, demo):
     feature = doc["features"][0]
     assert feature["geometry"]["type"] == "Point"
     assert feature["properties"]["alert_id"] == demo.alert
+
+
+# --- scene ids with spaces and slashes, moved workspaces -----------------------------------
+
+
+def test_alerts_of_scene_ids_with_space_and_slash_open(tmp_path):
+    demo = rw.build(tmp_path / "ws", prefix="S2 TEST/vostochny ")
+    assert " " in demo.alert and "/" in demo.alert
+    with TestClient(create_app(demo.ws.root), base_url=LOCAL) as c:
+        queue = c.get("/").text
+        assert f'href="{url(demo.alert)}"' in queue  # quoted: %20 and %2F
+        page = c.get(url(demo.alert))
+        assert page.status_code == 200, page.text[:200]
+        assert f"{url(demo.earlier_alert)}" in page.text  # the neighbour link
+        png(c.get(url(demo.alert, "/chip.png?bands=false")))
+        png(c.get(url(demo.alert, "/neighbour/previous.png")))
+        assert c.get(url(demo.alert, "/evidence.zip")).status_code == 200
+        done = verdict(c, demo.alert, "confirmed")
+        assert done.status_code == 303 and c.get(done.headers["location"]).status_code == 200
+        assert review_db.get_alert(demo.ws, demo.alert)["status"] == "confirmed"
+        assert c.get(url(demo.alert, "/verdict")).status_code == 404  # not a page
+
+
+def test_moved_workspace_with_relative_scene_paths_still_serves(tmp_path):
+    import shutil
+
+    demo = rw.build(tmp_path / "ws")
+    conn = demo.ws.connect()
+    for sid in demo.scenes:  # as workspaces store them now: relative to the root
+        path = Path(demo.ws.scene(sid).path).relative_to(demo.ws.root)
+        conn.execute("UPDATE scenes SET path = ? WHERE scene_id = ?", (str(path), sid))
+    conn.commit()
+    conn.close()
+    moved = shutil.copytree(demo.ws.root, tmp_path / "elsewhere" / "ws")
+    shutil.rmtree(demo.ws.root)
+    with TestClient(create_app(moved), base_url=LOCAL) as c:
+        assert c.get(url(demo.alert)).status_code == 200
+        png(c.get(url(demo.alert, "/chip.png")))
 
 
 # --- path traversal, auth ---------------------------------------------------------------------
@@ -398,6 +501,108 @@ def test_token_auth(demo):
         assert c.get("/").status_code == 401
 
 
+@pytest.mark.parametrize("weak, why", [(" " * 16, "whitespace"), ("\t" * 20, "whitespace"),
+                                       ("a" * 16, "guessable"), ("ab" * 12, "guessable"),
+                                       ("0123456789abcdef", "guessable"),
+                                       ("password12345678", "guessable"),
+                                       ("s3cret token with spaces", "whitespace"),
+                                       ("short", "too short")])
+def test_weak_tokens_are_refused(demo, weak, why):
+    with pytest.raises(BindError, match=why):
+        check_bind("0.0.0.0", weak)
+    with pytest.raises(BindError, match=why):
+        create_app(demo.ws.root, token=weak)
+
+
+def test_strong_tokens_pass_the_entropy_estimate():
+    import secrets
+
+    from imagery.review.security import MIN_TOKEN_BITS, token_bits
+
+    for _ in range(200):
+        check_bind("0.0.0.0", secrets.token_urlsafe())
+        check_bind("0.0.0.0", secrets.token_hex(16))
+    assert token_bits("a" * 64) < 5 and token_bits("aX" * 20) < MIN_TOKEN_BITS
+    assert token_bits("s3cret-token-0123456789") >= MIN_TOKEN_BITS
+
+
+async def _raw_post(app, path: str, headers: dict[str, str], chunks: list[bytes]
+                    ) -> tuple[int, bytes, int]:
+    """One POST straight through ASGI, its body given in chunks; returns the status, the
+    body and how many chunks the app asked for."""
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(),
+             "root_path": "", "query_string": b"",
+             "headers": [(b"host", b"127.0.0.1")] + [(k.lower().encode(), v.encode())
+                                                    for k, v in headers.items()],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80)}
+    served, sent = 0, []
+
+    async def receive():
+        nonlocal served
+        if served >= len(chunks):
+            return {"type": "http.disconnect"}
+        served += 1
+        return {"type": "http.request", "body": chunks[served - 1],
+                "more_body": served < len(chunks)}
+
+    async def send(message):
+        sent.append(message)
+
+    await app(scope, receive, send)
+    status = next(m["status"] for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return status, body, served
+
+
+MIB = b"x" * (1024 * 1024)
+
+
+def test_oversized_bodies_are_refused_before_they_are_read(client, demo, tmp_path,
+                                                           monkeypatch):
+    import tempfile
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    csrf = client.cookies.get("bw_csrf")
+    form = {"content-type": "multipart/form-data; boundary=b", "cookie": f"bw_csrf={csrf}"}
+    path = url(demo.alert, "/verdict")
+    # 300 MB announced: refused from the header, not one byte read.
+    status, body, served = asyncio.run(_raw_post(client.app, path, dict(
+        form, **{"content-length": str(300 * 1024 * 1024)}), [MIB] * 300))
+    assert (status, served) == (413, 0) and b"64 KiB" in body
+    # Chunked (no length): refused as soon as the limit is passed.
+    status, _, served = asyncio.run(_raw_post(client.app, path, form, [MIB] * 300))
+    assert status == 413 and served == 1
+    # A well-formed multipart note streaming in 16 KiB chunks: the fifth passes 64 KiB.
+    part = b'--b\r\nContent-Disposition: form-data; name="note"\r\n\r\n'
+    status, _, served = asyncio.run(_raw_post(client.app, path, form,
+                                              [part] + [b"y" * 16 * 1024] * 300))
+    assert status == 413 and served == 5
+    response = client.post(path, content=iter([MIB] * 3),
+                           headers={"content-type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 413
+    assert list(spool.iterdir()) == [] and review_db.history(demo.ws, alert_id=demo.alert) == []
+    assert verdict(client, demo.alert, "confirmed", note="n" * 2000).status_code == 303
+
+
+def test_csrf_is_checked_before_the_body_is_parsed(client, demo):
+    path = url(demo.alert, "/verdict")
+    body = [b"verdict=confirmed&analyst=x&csrf=" + b"a" * 43]
+    kind = {"content-type": "application/x-www-form-urlencoded", "content-length": "76"}
+    status, _, served = asyncio.run(_raw_post(client.app, path, kind, body))  # no cookie
+    assert (status, served) == (403, 0)
+    csrf = client.cookies.get("bw_csrf")
+    status, _, served = asyncio.run(_raw_post(client.app, path, {
+        "content-type": "application/json", "cookie": f"bw_csrf={csrf}"}, [b"{}"]))
+    assert (status, served) == (415, 0)
+    files = post(client, demo.alert, "verdict", {"verdict": "confirmed", "analyst": "a"},
+                 files={"upload": ("a.bin", b"z" * 1000)})
+    assert files.status_code == 400  # no file parts
+    assert review_db.history(demo.ws, alert_id=demo.alert) == []
+
+
 # --- chips export ----------------------------------------------------------------------------
 
 
@@ -445,7 +650,7 @@ def test_chips_export_writes_scene_and_labels(client, demo, tmp_path):
 
 
 def test_chips_export_crops_large_scenes_around_reviewed_vessels(client, demo, tmp_path):
-    from imagery.review_export import export_chips
+    from imagery.review.export import export_chips
 
     _review_for_training(client, demo)
     (result,) = export_chips(demo.ws, tmp_path / "chips", margin=8)
@@ -461,7 +666,7 @@ def test_chips_export_crops_large_scenes_around_reviewed_vessels(client, demo, t
 
 
 def test_unsure_only_scene_is_not_exported(client, demo, tmp_path):
-    from imagery.review_export import export_chips
+    from imagery.review.export import export_chips
 
     verdict(client, demo.earlier_alert, "unsure")
     (result,) = export_chips(demo.ws, tmp_path / "chips")
@@ -472,7 +677,7 @@ def test_tiny_model_trains_on_exported_chips(client, demo, tmp_path):
     """The exported folders go straight into training/train.py beside other labelled data."""
     import torch
 
-    from imagery.review_export import export_chips
+    from imagery.review.export import export_chips
     from training.chips import CropConfig
     from training.train import Recipe, train
 

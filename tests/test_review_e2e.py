@@ -21,7 +21,7 @@ from urllib.parse import quote, unquote
 import pytest
 import review_workspace as rw
 
-from imagery import review_db
+from imagery.review import db as review_db
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -106,11 +106,26 @@ def test_analyst_confirms_an_alert_in_the_browser(server, browser_page, tmp_path
     assert rows[0]["analyst"] == "Ana Lyst" and rows[0]["note"] == "dark tanker at the oil berth"
 
     page.goto(f"{base}/alerts/{quote(demo.alert, safe='')}")
-    _wait_image(page, "#chip-false")
+    for image in ("#chip-false", "#chip-clean", "#overview"):
+        _wait_image(page, image)
+    _facts_come_first(page)
     shot = _screenshot(page, tmp_path)
     assert shot.stat().st_size > 10_000
     assert "<script>alert(1)</script>" in page.inner_text("table.ais")  # shown as text
     assert not problems, problems
+
+
+def _facts_come_first(page) -> None:
+    """When, where and why, and both true-colour chips, are in the first screenful (1000 px),
+    above the verdict form."""
+    form_top = page.locator("#verdict-form").bounding_box()["y"]
+    for selector in ("#fact-time", "#fact-port", "#fact-berth", "#fact-score", "#fact-length",
+                     "#fact-ais", "#fact-reasons", "#chip-true", "#chip-clean"):
+        box = page.locator(selector).bounding_box()
+        assert box["y"] + box["height"] < min(form_top, 1000), selector
+    chips = [page.locator(s).bounding_box() for s in ("#facts", "#chip-true", "#chip-clean")]
+    assert chips[0]["x"] < chips[1]["x"] < chips[2]["x"]  # side by side
+    assert abs(chips[1]["y"] - chips[2]["y"]) < 1
 
 
 def _wait_image(page, selector: str, timeout_s: float = 20.0) -> None:

@@ -1,6 +1,7 @@
 """The scene format against every bad input of issue 2, and against the real scenes."""
 
 import shutil
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -10,13 +11,17 @@ import rasterio
 from affine import Affine
 from rasterio.windows import Window
 
+from imagery.cli import main
+from imagery.detector import check_reflectance_scale, detect_scene
 from imagery.ports import get_port
 from imagery.scene import (
+    MAX_SCENE_PIXELS,
     SCENE_BANDS,
     SceneError,
     open_scene,
     read_reflectance,
     read_scl,
+    read_valid,
     write_scene,
 )
 from imagery.sources import LocalFolderSource, SceneRef, fetch_into_workspace
@@ -192,14 +197,18 @@ def test_a_bad_file_under_a_stored_scene_id_never_replaces_it(stored):
     assert sha256_file(ws.scene("GOOD").path) == good_sha
 
 
-def test_local_search_passes_over_bad_files(tmp_path):
+def test_local_search_reports_bad_files_for_the_catalog(tmp_path):
+    """Bad files come back as refs named after the file and carrying the reason, so fetch
+    records them as skipped (issue 25, item 7) instead of passing over them in silence."""
     folder = tmp_path / "in"
     folder.mkdir()
     for name in ("chongjin_64.tif", "corrupt.tif", "uint8.tif", "truncated.tif"):
         shutil.copy(DATA / name, folder / name)
     refs = LocalFolderSource(folder).search(get_port("chongjin"), datetime(2024, 1, 1, tzinfo=UTC),
                                             datetime(2024, 12, 31, tzinfo=UTC))
-    assert [r.scene_id for r in refs] == ["FIXTURE_CHONGJIN"]
+    assert [r.scene_id for r in refs] == ["FIXTURE_CHONGJIN", "file:corrupt.tif",
+                                          "file:truncated.tif", "file:uint8.tif"]
+    assert all(r.extra["unusable"] for r in refs[1:]) and "unusable" not in refs[0].extra
 
 
 # --- the real scenes -------------------------------------------------------------------------
@@ -236,3 +245,124 @@ def test_loading_the_partial_scenes_with_require_bands_none(path):
     _check_real(info, info.bands)
     with pytest.raises(SceneError, match="missing bands"):
         open_scene(path)
+
+
+# --- no-data pixels (issue 25, item 3) -------------------------------------------------------
+
+
+def write_blank_port_scene(path: Path, port_name: str = "chongjin", nodata: float | None = None,
+                           fill: int = 0, scene_id: str = "BLANK") -> Path:
+    """A scene over every berth zone of a port whose pixels are all `fill` (0: the no-data of a
+    scene without SCL), optionally declaring a GeoTIFF nodata value."""
+    port = get_port(port_name)
+    left, bottom, right, top = port.to_utm(port.aoi).bounds
+    width, height = int((right - left) // 10), int((top - bottom) // 10)
+    data = np.full((5, height, width), fill, dtype=np.uint16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profile = dict(driver="GTiff", width=width, height=height, count=5, dtype="uint16",
+                   crs=f"EPSG:{port.epsg}", transform=Affine(10, 0, left, 0, -10, top),
+                   compress="deflate", tiled=True, nodata=nodata)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        dst.update_tags(REFLECTANCE_SCALE="10000", ACQUISITION_TIME="2024-03-05T01:47:00Z",
+                        SCENE_ID=scene_id, PORT=port_name, SOURCE="local")
+        for i, name in enumerate(SCENE_BANDS, start=1):
+            dst.set_band_description(i, name)
+    return path
+
+
+def test_no_data_pixels_are_not_valid(tmp_path):
+    data = np.full((5, 8, 10), 500, dtype=np.uint16)
+    data[:, :, :4] = 0  # no data: zero in every band
+    data[2, 5, 7] = 0  # one band at zero is still a pixel that holds data
+    info = open_scene(_write(tmp_path / "half.tif", data, tags={"SCENE_ID": "HALF"}))
+    valid = read_valid(info, Window(-2, 0, 14, 8))  # two columns past each edge
+    assert not valid[:, :6].any() and valid[:, 6:12].all() and not valid[:, 12:].any()
+
+
+def test_the_declared_nodata_value_is_not_valid(tmp_path):
+    path = write_blank_port_scene(tmp_path / "nodata.tif", nodata=7, fill=7)
+    assert not read_valid(open_scene(path)).any()
+
+
+@pytest.mark.parametrize("nodata, fill", [(None, 0), (7, 7)])
+def test_detect_reports_an_empty_scene_as_not_visible(tmp_path, nodata, fill):
+    path = write_blank_port_scene(tmp_path / "blank.tif", nodata=nodata, fill=fill)
+    collection = detect_scene(path, port="chongjin", threads=1, progress=False)
+    zones = collection["properties"]["zones"]
+    assert zones and all(z["visible_fraction"] == 0.0 for z in zones.values()), zones
+
+
+def test_run_stores_no_zone_count_from_a_no_data_scene(tmp_path):
+    write_blank_port_scene(tmp_path / "in" / "blank.tif")
+    ws = tmp_path / "ws"
+    assert main(["run", "--port", "chongjin", "--source", "local", "--from",
+                 str(tmp_path / "in"), "--since", "2024-03-01", "--until", "2024-03-10",
+                 "--workspace", str(ws)]) == 0
+    conn = sqlite3.connect(ws / "berthwatch.sqlite")
+    rows = conn.execute("SELECT zone, visible_fraction, detected, status FROM zone_counts "
+                        "WHERE scene_id = 'BLANK'").fetchall()
+    conn.close()
+    assert len(rows) == 3 and all(r[1] == 0.0 and r[2] is None for r in rows), rows
+
+
+# --- damaged bodies and oversized headers (issue 25, item 8) ---------------------------------
+
+
+def write_corrupt_middle(path: Path) -> Path:
+    """A valid tiled scene whose header and first tiles read, with garbage in the middle."""
+    rng = np.random.default_rng(8)
+    data = rng.integers(100, 3000, (5, 512, 512), dtype=np.uint16)
+    write_scene(path, data, SCENE_BANDS, "EPSG:32652", UTM, scene_id="MIDDLE", port=None,
+                source="test", acquisition_time=WHEN)
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:
+        fh.seek(size // 2)
+        fh.write(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    return path
+
+
+def write_huge_header(path: Path, side: int = 200_000, port: str = "") -> Path:
+    """A tiled GeoTIFF declaring side x side pixels; sparse, so no pixel is written."""
+    profile = dict(driver="GTiff", width=side, height=side, count=5, dtype="uint16",
+                   crs="EPSG:32652", transform=UTM, tiled=True, blockxsize=1024,
+                   blockysize=1024, compress="deflate", sparse_ok=True)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.update_tags(REFLECTANCE_SCALE="10000", ACQUISITION_TIME="2024-03-01T01:47:00Z",
+                        SCENE_ID="HUGE", PORT=port, SOURCE="local")
+        for i, name in enumerate(SCENE_BANDS, start=1):
+            dst.set_band_description(i, name)
+    return path
+
+
+def test_a_damaged_body_is_a_scene_error_naming_the_file(tmp_path):
+    path = write_corrupt_middle(tmp_path / "middle.tif")
+    info = open_scene(path)  # header, first block and last pixel are intact
+    with pytest.raises(SceneError, match=r"middle\.tif: corrupt pixel data \(.*IReadBlock"):
+        check_reflectance_scale(info)
+    with pytest.raises(SceneError, match=r"middle\.tif: cannot read pixels"):
+        read_reflectance(info)
+    with pytest.raises(SceneError, match=r"middle\.tif: cannot read pixels"):
+        read_valid(info)
+
+
+def test_a_scene_over_the_size_limit_is_refused_before_reading(tmp_path, monkeypatch):
+    path = write_huge_header(tmp_path / "huge.tif")
+    assert path.stat().st_size < 2_000_000
+    with pytest.raises(SceneError, match=r"huge\.tif: 200000 x 200000 pixels .* over the limit "
+                                         r"of 400 MP"):
+        open_scene(path)
+    assert MAX_SCENE_PIXELS >= 3 * 10980 * 10980  # a full Sentinel-2 tile passes with room
+    monkeypatch.setenv("BERTHWATCH_MAX_SCENE_PIXELS", str(64 * 64 - 1))
+    with pytest.raises(SceneError, match="64 x 64 pixels"):
+        open_scene(DATA / "chongjin_64.tif")
+
+
+def test_fetch_records_an_oversized_scene_as_skipped(stored, tmp_path):
+    ws, port, source, good_sha = stored
+    huge = write_huge_header(tmp_path / "huge.tif", port="chongjin")
+    ref = SceneRef("HUGE", "chongjin", WHEN, "local", extra={"path": str(huge)})
+    outcome = fetch_into_workspace(source, ref, port, ws)
+    assert outcome.status == "skipped" and "over the limit of 400 MP" in outcome.reason
+    assert ws.scene("HUGE").status == "skipped"
+    assert sha256_file(ws.scene("GOOD").path) == good_sha

@@ -1,5 +1,8 @@
 import os
+import shutil
+import sqlite3
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +12,7 @@ from imagery.cli import main
 from imagery.ports import get_port
 from imagery.scene import SCENE_BANDS, write_scene
 from imagery.sources import LocalFolderSource, fetch_into_workspace
-from imagery.workspace import Workspace, default_home
+from imagery.workspace import Workspace, default_home, file_stem, sha256_file
 
 
 def _write_port_scene(path, port_name="chongjin", scene_id="S1", when=None, cloud=False):
@@ -46,7 +49,8 @@ def test_fetch_twice_is_a_noop_and_catalog_records_scene(tmp_path):
     first = fetch_into_workspace(source, refs[0], port, ws)
     assert first.status == "stored" and first.cloud_fraction == 0.0
     stored = first.path
-    assert stored == ws.scenes_dir / "chongjin" / "2024-03-01" / "S2A_TEST_1.tif"
+    assert stored == ws.scenes_dir / "chongjin" / "2024-03-01" / f"{file_stem('S2A_TEST_1')}.tif"
+    assert stored.name.startswith("S2A_TEST_1-")
     mtime = stored.stat().st_mtime_ns
     second = fetch_into_workspace(source, refs[0], port, ws)
     assert second.status == "exists" and stored.stat().st_mtime_ns == mtime
@@ -122,7 +126,7 @@ def _not_writable(monkeypatch, root):
 def test_a_read_only_workspace_reads_and_refuses_writes(tmp_path, monkeypatch):
     import sqlite3
 
-    from imagery import review_db
+    from imagery.review import db as review_db
     from imagery.workspace import WorkspaceReadOnly
 
     src = tmp_path / "incoming"
@@ -226,3 +230,71 @@ def test_an_ais_import_cut_short_is_resumed(tmp_path):
     assert conn.execute("SELECT COUNT(*) FROM ais_imports WHERE finished_at IS NOT NULL"
                         ).fetchone()[0] == 1
     conn.close()
+def test_ids_that_sanitise_alike_get_their_own_files():
+    ids = ["COLLIDE A", "COLLIDE_A", "collide_a", "COLLIDE/A", "x" * 400]
+    stems = [file_stem(i) for i in ids]
+    assert len(set(stems)) == len(ids) and len({s.lower() for s in stems}) == len(ids)
+    assert all(len(s) < 100 and "/" not in s and not s.startswith(".") for s in stems)
+    assert file_stem("COLLIDE A") == file_stem("COLLIDE A")  # stable across runs
+
+
+def test_cli_fetch_keeps_colliding_ids_apart_and_each_file_matches_its_hash(tmp_path, capsys):
+    src_dir = tmp_path / "incoming"
+    _write_port_scene(src_dir / "a.tif", scene_id="COLLIDE A")
+    _write_port_scene(src_dir / "b.tif", scene_id="COLLIDE_A", cloud=False)
+    # Different pixels, so a shared file would show as a hash mismatch.
+    import rasterio
+
+    with rasterio.open(src_dir / "b.tif", "r+") as dst:
+        dst.write(dst.read(1) + 1, 1)
+    ws = tmp_path / "ws"
+    assert main(["fetch", "--port", "chongjin", "--start", "2024-03-01", "--end", "2024-03-01",
+                 "--source", "local", "--from", str(src_dir), "--workspace", str(ws)]) == 0
+    assert "2 stored" in capsys.readouterr().out
+    records = Workspace.open(ws).list_scenes()
+    assert {r.scene_id for r in records} == {"COLLIDE A", "COLLIDE_A"}
+    assert len({r.path for r in records}) == 2
+    for r in records:
+        assert sha256_file(r.path) == r.sha256
+
+
+def test_paths_are_stored_relative_and_a_moved_workspace_still_resolves(tmp_path):
+    src_dir = tmp_path / "incoming"
+    port = _write_port_scene(src_dir / "a.tif", scene_id="MOVE 1")
+    ws = Workspace.open(tmp_path / "ws")
+    source = LocalFolderSource(src_dir)
+    (ref,) = source.search(port, datetime(2024, 1, 1, tzinfo=UTC),
+                           datetime(2024, 12, 31, tzinfo=UTC))
+    assert fetch_into_workspace(source, ref, port, ws).status == "stored"
+    conn = sqlite3.connect(ws.db_path)
+    (stored,) = conn.execute("SELECT path FROM scenes").fetchone()
+    conn.close()
+    assert not stored.startswith("/") and stored.startswith("scenes/chongjin/2024-03-01/")
+    moved = shutil.move(str(tmp_path / "ws"), str(tmp_path / "elsewhere"))
+    again = Workspace.open(moved)
+    (record,) = again.list_scenes()
+    assert record.path == str(again.root / stored) and sha256_file(record.path) == record.sha256
+    assert fetch_into_workspace(source, ref, port, again).status == "exists"
+
+
+def test_old_absolute_paths_are_migrated_on_open_even_after_a_move(tmp_path):
+    """Workspaces written before paths were relative hold absolute ones: opening one, even
+    from a new folder, rewrites them relative to it."""
+    src_dir = tmp_path / "incoming"
+    port = _write_port_scene(src_dir / "a.tif", scene_id="OLD_1")
+    ws = Workspace.open(tmp_path / "old")
+    source = LocalFolderSource(src_dir)
+    (ref,) = source.search(port, datetime(2024, 1, 1, tzinfo=UTC),
+                           datetime(2024, 12, 31, tzinfo=UTC))
+    fetch_into_workspace(source, ref, port, ws)
+    conn = sqlite3.connect(ws.db_path)
+    (relative,) = conn.execute("SELECT path FROM scenes").fetchone()
+    conn.execute("UPDATE scenes SET path = ?", (str(ws.root / relative),))  # as older versions
+    conn.commit()
+    conn.close()
+    moved = Workspace.open(shutil.move(str(ws.root), str(tmp_path / "new")))
+    conn = sqlite3.connect(moved.db_path)
+    assert conn.execute("SELECT path FROM scenes").fetchone()[0] == relative
+    conn.close()
+    assert moved.resolve(str(ws.root / relative)) == moved.root / relative
+    assert moved.resolve(None) is None and moved.resolve("/nowhere/x.tif") == Path("/nowhere/x.tif")

@@ -1,96 +1,58 @@
 """The analyst review web app: `create_app(workspace)` and `serve(...)` behind `berthwatch review`.
 
 Server-rendered pages (Jinja2, autoescaped) with one small local script; no asset leaves the
-machine. Security, in the order a request meets it:
-- authentication: with a token (required for any non-loopback bind) a request carries it as
-  `Authorization: Bearer T`, or once as `?token=T` (answered with a redirect that sets a cookie
-  holding a keyed digest of the token, so the token leaves the address bar and history);
-- without a token, only loopback Host names are served (a DNS-rebinding page cannot reach it);
-- every POST needs the per-session CSRF token of its cookie repeated in the form (compared with
-  `hmac.compare_digest`) and an Origin/Referer, when the browser sends one, naming this host;
-- responses carry a strict Content-Security-Policy (`default-src 'self'`, no inline script,
-  `frame-ancestors 'none'`), `X-Content-Type-Options: nosniff` and no referrer;
-- alert ids are validated and looked up; files are only scenes and plots resolved inside the
-  workspace (there is no endpoint that takes a path).
+machine. Who may reach it and what a request may carry: security.py. Alert ids are validated
+and looked up; files are only scenes and plots resolved inside the workspace (there is no
+endpoint that takes a path).
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import hmac
 import io
-import ipaddress
 import json
 import os
 import re
-import secrets
 from pathlib import Path
-from urllib.parse import quote, unquote, urlencode, urlsplit
+from urllib.parse import quote, unquote, urlencode
 
 import jinja2
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imagery import review_db, review_media
 from imagery.pipeline import open_workspace
+from imagery.review import db as review_db
+from imagery.review import media as review_media
+from imagery.review.security import (
+    MAX_BODY_BYTES,
+    BodyLimit,
+    check_bind,
+    check_token,
+    checked_form,
+    install_security,
+)
+from imagery.scene import parse_time
 from imagery.workspace import Workspace, WorkspaceReadOnly
 
 HERE = Path(__file__).resolve().parent
-CSRF_COOKIE, AUTH_COOKIE, ANALYST_COOKIE = "bw_csrf", "bw_session", "bw_analyst"
-ALERT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,199}#\d{1,9}$")
+ANALYST_COOKIE = "bw_analyst"
+# A scene id comes from a catalogue or a file name and may hold spaces or `/`: any printable
+# text, then `#<det_id>`. The id is only ever looked up in the database, never made a path.
+ALERT_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,200}#\d{1,9}$")
 MESSAGE = re.compile(r"^recorded: [a-z]{3,9}( [ad]\d{1,9})?$")
 PORT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
-CSP = ("default-src 'self'; img-src 'self'; script-src 'self'; style-src 'self'; "
-       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    # same-origin, not no-referrer: with no-referrer browsers send `Origin: null` on POST,
-    # which the CSRF check must refuse.
-    "Referrer-Policy": "same-origin",
-    "Cross-Origin-Opener-Policy": "same-origin",
-    "Cross-Origin-Resource-Policy": "same-origin",
-}
 MAX_NOTE, MAX_ANALYST = 2000, 80
 
 
-class BindError(ValueError):
-    """A host/token combination the review server refuses to start with."""
-
-
-def is_loopback(host: str) -> bool:
-    name = host.strip().strip("[]").lower()
-    if name in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(host: str, token: str | None) -> None:
-    """Loopback needs nothing; any other address (0.0.0.0 included) needs a token."""
-    if not is_loopback(host) and not token:
-        raise BindError(f"binding to {host} exposes the review app beyond this machine; give "
-                        "--token T (or $BERTHWATCH_REVIEW_TOKEN) so every request must carry it")
-    if token is not None and len(token) < 16:
-        raise BindError("the token is too short: use at least 16 characters "
-                        "(e.g. python -c 'import secrets; print(secrets.token_urlsafe())')")
-
-
 def serve(workspace: str | os.PathLike | None, host: str = "127.0.0.1", port: int = 8000,
-          token: str | None = None) -> None:
+          token: str | None = None, ports_dir: str | os.PathLike | None = None) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
     check_bind(host, token)
-    app = create_app(workspace, token=token)
+    app = create_app(workspace, token=token, ports_dir=ports_dir)
     shown = f"[{host}]" if ":" in host else host
     print(f"berthwatch review: http://{shown}:{port}/  (workspace {app.state.ws.root})")
     if token:
@@ -102,20 +64,37 @@ def serve(workspace: str | os.PathLike | None, host: str = "127.0.0.1", port: in
 # --- the app ---------------------------------------------------------------------------------
 
 
-def create_app(workspace_path: str | os.PathLike | None, token: str | None = None) -> FastAPI:
-    """The review app over one workspace; `token` turns on token authentication."""
+def create_app(workspace_path: str | os.PathLike | None, token: str | None = None,
+               ports_dir: str | os.PathLike | None = None) -> FastAPI:
+    """The review app over one workspace; `token` turns on token authentication; `ports_dir`
+    is where the port overview finds zones (default: the shipped ports)."""
+    if token is not None:
+        check_token(token)
     ws = open_workspace(workspace_path)
     review_db.ensure_schema(ws)
     app = FastAPI(title="berthwatch review", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ws = ws
+    app.state.ports_dir = ports_dir
     app.state.templates = _templates()
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    _install_security(app, token)
+    # Added first, so it sits inside the security middleware: the route reads the body
+    # through BodyLimit's receive directly and its refusal is caught before any task group.
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+    install_security(app, token)
     _install_read_only(app)
-    _install_pages(app)
-    _install_actions(app)
+    # Alert routes take the id as a `path` (it may hold `/`); the routes with a suffix come
+    # first, so the page route never swallows `.../chip.png` (an id always ends in `#<n>`).
     _install_files(app)
+    _install_actions(app)
+    _install_pages(app)
     return app
+
+
+def _install_read_only(app: FastAPI) -> None:
+    @app.exception_handler(WorkspaceReadOnly)
+    async def read_only(request: Request, exc: WorkspaceReadOnly):
+        # Verdicts and edits on a read-only workspace: refused whole, nothing half-written.
+        return PlainTextResponse(f"409: not recorded: {exc}", status_code=409)
 
 
 def _templates() -> Jinja2Templates:
@@ -129,107 +108,6 @@ def _templates() -> Jinja2Templates:
 def _number(value: object, digits: int = 0) -> str:
     return "-" if value is None else f"{float(value):.{digits}f}"
 
-
-# --- security --------------------------------------------------------------------------------
-
-
-def _session_digest(token: str) -> str:
-    """What the auth cookie holds: a keyed digest, so the cookie is not the token itself."""
-    return hmac.new(token.encode(), b"berthwatch-review-session", hashlib.sha256).hexdigest()
-
-
-def _authorised(request: Request, token: str) -> bool:
-    header = request.headers.get("authorization", "")
-    if header.lower().startswith("bearer ") and hmac.compare_digest(
-            header[7:].strip().encode(), token.encode()):
-        return True
-    cookie = request.cookies.get(AUTH_COOKIE, "")
-    return hmac.compare_digest(cookie.encode(), _session_digest(token).encode())
-
-
-def _token_login(request: Request, token: str) -> Response | None:
-    """`?token=T` once: a redirect to the same address without it, setting the cookie."""
-    given = request.query_params.get("token")
-    if given is None or not hmac.compare_digest(given.encode(), token.encode()):
-        return None
-    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-    target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
-    response = RedirectResponse(target, status_code=303)
-    response.set_cookie(AUTH_COOKIE, _session_digest(token), httponly=True, samesite="strict")
-    return response
-
-
-def _gate(request: Request, token: str | None) -> Response | None:
-    """A refusal, or None to let the request through."""
-    if token is None:
-        if not is_loopback(request.url.hostname or ""):
-            return PlainTextResponse("unexpected Host header", status_code=400)
-        return None
-    if _authorised(request, token):
-        return None
-    login = _token_login(request, token)
-    if login is not None:
-        return login
-    return PlainTextResponse("berthwatch review: a token is required (open the address with "
-                             "?token=... or send Authorization: Bearer ...)", status_code=401,
-                             headers={"WWW-Authenticate": "Bearer"})
-
-
-def _install_security(app: FastAPI, token: str | None) -> None:
-    @app.middleware("http")
-    async def security(request: Request, call_next):
-        response = _gate(request, token)
-        fresh = None
-        if response is None:
-            csrf = request.cookies.get(CSRF_COOKIE, "")
-            if not re.fullmatch(r"[A-Za-z0-9_-]{32,64}", csrf):
-                csrf = fresh = secrets.token_urlsafe(32)
-            request.state.csrf = csrf
-            response = await call_next(request)
-        if fresh:
-            response.set_cookie(CSRF_COOKIE, fresh, httponly=True, samesite="strict")
-        for name, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(name, value)
-        if not request.url.path.startswith("/static/"):
-            response.headers.setdefault("Cache-Control", "no-store")
-        return response
-
-    @app.exception_handler(StarletteHTTPException)
-    async def plain_error(request: Request, exc: StarletteHTTPException):
-        # Plain text: an error message never becomes markup, whatever it quotes.
-        return PlainTextResponse(f"{exc.status_code}: {exc.detail}", status_code=exc.status_code)
-
-
-def _install_read_only(app: FastAPI) -> None:
-    @app.exception_handler(WorkspaceReadOnly)
-    async def read_only(request: Request, exc: WorkspaceReadOnly):
-        # Verdicts and edits on a read-only workspace: refused whole, nothing half-written.
-        return PlainTextResponse(f"409: not recorded: {exc}", status_code=409)
-
-
-def _same_origin(request: Request) -> bool:
-    """The browser's Origin (or Referer) names this host; absent headers pass (non-browser
-    clients), the CSRF token still has to match."""
-    if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
-        return False
-    source = request.headers.get("origin") or request.headers.get("referer")
-    if source is None:
-        return True
-    if source == "null":
-        return False
-    return urlsplit(source).netloc.lower() == request.headers.get("host", "").lower()
-
-
-async def checked_form(request: Request) -> dict[str, str]:
-    """The POSTed form after the CSRF checks; 403 when they fail."""
-    if not _same_origin(request):
-        raise HTTPException(403, "cross-site request refused")
-    form = await request.form()
-    given = str(form.get("csrf", ""))
-    cookie = request.cookies.get(CSRF_COOKIE, "")
-    if not cookie or not hmac.compare_digest(given.encode(), cookie.encode()):
-        raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
-    return {k: str(v) for k, v in form.items() if isinstance(v, str)}
 
 
 # --- lookups ---------------------------------------------------------------------------------
@@ -306,13 +184,15 @@ def _install_pages(app: FastAPI) -> None:
         return _render(request, "queue.html", alerts=alerts, filters=filters,
                        ports=_ports_with_alerts(ws), statuses=review_db.STATUSES)
 
-    @app.get("/alerts/{alert_id}")
+    @app.get("/alerts/{alert_id:path}")
     def alert_page(request: Request, alert_id: str):
         alert = load_alert(request, alert_id)
         view = _view(request, alert)
         ws = _ws(request)
+        considered = _considered(view)
         return _render(request, "alert.html", a=alert, view=view, scene=_scene_meta(ws, alert),
-                       considered=_considered(view), placed=_placed(view),
+                       considered=considered, placed=_placed(view),
+                       ais_verdict=_ais_verdict(considered),
                        vessels=view.vessels, neighbours=_neighbours(ws, alert),
                        history=review_db.history(ws, alert_id=alert_id),
                        verdicts=review_db.VERDICTS, message=_message(request))
@@ -347,6 +227,18 @@ def _considered(view: review_media.AlertView) -> list[dict]:
                         imo=info.imo if info else None,
                         watchlist=bool(info and info.watchlist)))
     return out
+
+
+def _ais_verdict(considered: list[dict]) -> str:
+    """One sentence: what AIS said about this vessel at the acquisition time."""
+    if not considered:
+        return "no AIS vessel was within reach at the acquisition time: none declares it"
+    nearest = min(considered, key=lambda c: c.get("distance_m") or float("inf"))
+    name = nearest.get("name") or f"MMSI {nearest['mmsi']}"
+    distance = _number(nearest.get("distance_m"))
+    why = f": {nearest['refused']}" if nearest.get("refused") else ""
+    return (f"no AIS vessel paired; {len(considered)} considered, the nearest {name} at "
+            f"{distance} m{why}")
 
 
 def _placed(view: review_media.AlertView) -> list[dict]:
@@ -390,7 +282,7 @@ def _back(alert_id: str, analyst: str, message: str) -> RedirectResponse:
 
 
 def _install_actions(app: FastAPI) -> None:
-    @app.post("/alerts/{alert_id}/verdict")
+    @app.post("/alerts/{alert_id:path}/verdict")
     async def verdict(request: Request, alert_id: str):
         form = await checked_form(request)
         alert = load_alert(request, alert_id)
@@ -402,7 +294,7 @@ def _install_actions(app: FastAPI) -> None:
                          verdict=choice, note=form.get("note", "")[:MAX_NOTE])
         return _back(alert_id, analyst, f"recorded: {choice}")
 
-    @app.post("/alerts/{alert_id}/vessels")
+    @app.post("/alerts/{alert_id:path}/vessels")
     async def vessels(request: Request, alert_id: str):
         form = await checked_form(request)
         alert = load_alert(request, alert_id)
@@ -461,18 +353,27 @@ def _png(data: bytes) -> Response:
 
 
 def _install_files(app: FastAPI) -> None:
-    @app.get("/alerts/{alert_id}/chip.png")
+    @app.get("/alerts/{alert_id:path}/chip.png")
     def chip(request: Request, alert_id: str, bands: str = "true"):
         if bands not in ("true", "false"):
             raise HTTPException(400, "bands must be true or false")
         return _png(_view(request, load_alert(request, alert_id)).chip(bands))
 
-    @app.get("/alerts/{alert_id}/neighbour/{which}.png")
+    @app.get("/alerts/{alert_id:path}/clean.png")
+    def clean_chip(request: Request, alert_id: str):
+        return _png(_view(request, load_alert(request, alert_id)).clean_chip())
+
+    @app.get("/alerts/{alert_id:path}/overview.png")
+    def overview(request: Request, alert_id: str):
+        view = _view(request, load_alert(request, alert_id))
+        return _png(_overview(_ws(request), view, request.app.state.ports_dir))
+
+    @app.get("/alerts/{alert_id:path}/neighbour/{which}.png")
     def neighbour(request: Request, alert_id: str, which: str):
         alert = load_alert(request, alert_id)
         return _png(_neighbour_chip(_ws(request), alert, which))
 
-    @app.get("/alerts/{alert_id}/evidence.zip")
+    @app.get("/alerts/{alert_id:path}/evidence.zip")
     def evidence(request: Request, alert_id: str):
         alert = load_alert(request, alert_id)
         data = review_media.evidence_zip(_ws(request), _view(request, alert))
@@ -508,6 +409,17 @@ def _neighbour_chip(ws: Workspace, alert: dict, which: str) -> bytes:
                                      scale=review_media.NEIGHBOUR_SCALE)
     vessels = review_db.scene_vessels(ws, scene["scene_id"])
     return review_media.render_chip(info, win, "true", vessels)
+
+
+def _overview(ws: Workspace, view: review_media.AlertView,
+              ports_dir: str | os.PathLike | None) -> bytes:
+    """The whole scene with zones, vessels and every AIS position placed at its time."""
+    info = view.info
+    whole = review_media.ChipWindow(0, 0, max(info.width, info.height), 1)
+    when = parse_time(view.alert["acquisition_time"])
+    placements, _ = review_media.ais_context(ws, info, whole, when)
+    port = review_media.port_geometry(view.alert["port"], ports_dir)
+    return review_media.render_overview(info, view.vessels, placements, view.focus, port)
 
 
 def _timeline(ws: Workspace, port: str) -> Response:

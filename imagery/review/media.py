@@ -12,18 +12,28 @@ import hashlib
 import io
 import json
 import math
+import os
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from pyproj import Transformer
 
-from imagery import ais, review_db
+from imagery import ais
 from imagery.pipeline import CHIP_HALF
+from imagery.ports import Port, PortsError, get_port
 from imagery.reconcile import AisFix, Gates, Placement, place_vessels
-from imagery.render import FALSE_COLOUR, TRUE_COLOUR, chip_rgb, timeline_plot
+from imagery.render import (
+    FALSE_COLOUR,
+    TRUE_COLOUR,
+    chip_rgb,
+    mark_simulated,
+    png_with_provenance,
+    timeline_plot,
+)
+from imagery.review import db as review_db
 from imagery.scene import SceneInfo, open_scene, parse_time
 from imagery.workspace import Workspace, utc_now
 
@@ -82,7 +92,7 @@ def scene_info(ws: Workspace, scene_id: str) -> SceneInfo:
         conn.close()
     if row is None or not row["path"]:
         raise MediaError(f"scene {scene_id!r} has no stored file")
-    path = Path(row["path"]).resolve()
+    path = ws.resolve(row["path"]).resolve()
     if not path.is_relative_to(ws.root) or not path.is_file():
         raise MediaError(f"scene {scene_id!r}: file missing or outside the workspace")
     return open_scene(path, require_bands=None)
@@ -129,7 +139,9 @@ def vessel_names(ws: Workspace, mmsis: set[int]) -> dict[int, ais.VesselInfo]:
 def render_chip(info: SceneInfo, win: ChipWindow, bands: str = "true",
                 vessels: list[review_db.Vessel] = (), placements: list[Placement] = (),
                 focus: str | None = None) -> bytes:
-    """PNG of the window, upsampled, with the vessels and AIS placements drawn over it."""
+    """PNG of the window, upsampled, with the vessels and AIS placements drawn over it (none
+    given: the clean chip, where a vessel of a few pixels is not hidden by its ring); a strip
+    below gives the date and a scale bar."""
     rgb = chip_rgb(info, win.col0, win.row0, win.size,
                    FALSE_COLOUR if bands == "false" else TRUE_COLOUR)
     image = Image.fromarray(rgb).resize((win.size * win.scale,) * 2, Image.NEAREST)
@@ -139,9 +151,96 @@ def render_chip(info: SceneInfo, win: ChipWindow, bands: str = "true",
         draw.rectangle((x - 6, y - 6, x + 6, y + 6), outline=COLOURS["ais"], width=2)
     for v in vessels:
         _draw_vessel(draw, win, v, v.ref == focus)
-    out = io.BytesIO()
-    image.save(out, format="PNG")
-    return out.getvalue()
+    return finish_picture(image, info, info.pixel_size_m / win.scale)
+
+
+CAPTION_PX = 24  # the strip below every picture: date (UTC) and scale bar
+SCALE_BARS_M = (20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+def finish_picture(image: Image.Image, info: SceneInfo, metres_per_px: float) -> bytes:
+    """The picture with its caption strip (acquisition date and a scale bar) and, for a
+    simulated scene, the SIMULATED band, as PNG bytes whose text chunks name the scene."""
+    out = Image.new("RGB", (image.width, image.height + CAPTION_PX), (20, 24, 30))
+    out.paste(image, (0, 0))
+    draw = ImageDraw.Draw(out)
+    font = ImageFont.load_default(size=12)
+    when = info.acquisition_time
+    date = when.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC") if when else "undated"
+    draw.text((5, image.height + 5), date, fill=(255, 255, 255), font=font)
+    bar_m = max((m for m in SCALE_BARS_M if m / metres_per_px <= image.width / 3),
+                default=SCALE_BARS_M[0])
+    bar_px = bar_m / metres_per_px
+    right, y = image.width - 8, image.height + CAPTION_PX // 2
+    label = f"{bar_m} m" if bar_m < 1000 else f"{bar_m // 1000} km"
+    draw.line((right - bar_px, y, right, y), fill=(255, 255, 255), width=3)
+    for x in (right - bar_px, right):
+        draw.line((x, y - 5, x, y + 5), fill=(255, 255, 255), width=2)
+    width = draw.textlength(label, font=font)
+    draw.text((right - bar_px - width - 10, image.height + 5), label, fill=(255, 255, 255),
+              font=font)
+    marked = mark_simulated(out, info.simulated)
+    return png_with_provenance(marked, info.scene_id, info.simulated)
+
+
+# --- port overview ---------------------------------------------------------------------------
+
+OVERVIEW_PX = 640  # the longer side of the overview picture
+ZONE_COLOURS = {"aoi": (255, 255, 255), "berth": (255, 230, 0), "anchorage": (120, 170, 255)}
+
+
+def render_overview(info: SceneInfo, vessels: list[review_db.Vessel],
+                    placements: list[Placement], focus: str | None,
+                    port: Port | None) -> bytes:
+    """The whole scene (the port's AOI) with its zones, the scene's vessels and the AIS
+    positions at acquisition time; this alert's vessel ringed in red."""
+    side = max(info.width, info.height)
+    factor = OVERVIEW_PX / side
+    rgb = chip_rgb(info, 0, 0, side, TRUE_COLOUR)
+    resample = Image.NEAREST if factor >= 1 else Image.BILINEAR
+    image = Image.fromarray(rgb).resize((OVERVIEW_PX,) * 2, resample)
+    image = image.crop((0, 0, round(info.width * factor), round(info.height * factor)))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default(size=12)
+
+    def screen(lon: float, lat: float) -> tuple[float, float]:
+        px, py = to_pixel(info, lon, lat)
+        return px * factor, py * factor
+
+    if port is not None:
+        shapes = [("aoi", port.name, port.aoi)] + [(z.kind, z.name, z.geometry)
+                                                   for z in port.zones]
+        for kind, name, geometry in shapes:
+            colour = ZONE_COLOURS.get(kind, ZONE_COLOURS["berth"])
+            for polygon in getattr(geometry, "geoms", [geometry]):
+                ring = [screen(x, y) for x, y in polygon.exterior.coords]
+                draw.line(ring, fill=colour, width=2)
+            if kind != "aoi":
+                x, y = screen(*geometry.representative_point().coords[0])
+                draw.text((x + 4, y - 6), name, fill=colour, font=font)
+    for placed in placements:
+        x, y = screen(placed.lon, placed.lat)
+        draw.rectangle((x - 4, y - 4, x + 4, y + 4), outline=COLOURS["ais"], width=2)
+    for v in vessels:
+        x, y = v.px_x * factor, v.px_y * factor
+        if v.ref == focus:
+            draw.ellipse((x - 11, y - 11, x + 11, y + 11), outline=COLOURS["focus"], width=3)
+        elif v.state == "deleted":
+            draw.line((x - 4, y - 4, x + 4, y + 4), fill=COLOURS["deleted"], width=2)
+            draw.line((x - 4, y + 4, x + 4, y - 4), fill=COLOURS["deleted"], width=2)
+        else:
+            colour = COLOURS.get(v.state, COLOURS[v.origin])
+            draw.ellipse((x - 5, y - 5, x + 5, y + 5), outline=colour, width=2)
+    return finish_picture(image, info, info.pixel_size_m / factor)
+
+
+def port_geometry(name: str, ports_dir: str | os.PathLike | None = None) -> Port | None:
+    """The port's zones, or None where the ports files do not know it (the overview then
+    shows the scene without them)."""
+    try:
+        return get_port(name, ports_dir)
+    except PortsError:
+        return None
 
 
 def _draw_vessel(draw: ImageDraw.ImageDraw, win: ChipWindow, v: review_db.Vessel,
@@ -302,6 +401,10 @@ class AlertView:
         return render_chip(self.info, self.window, bands, self.vessels, self.placements,
                            self.focus)
 
+    def clean_chip(self) -> bytes:
+        """The true-colour chip with nothing drawn over it."""
+        return render_chip(self.info, self.window, "true")
+
     def used_positions(self) -> list[ais.AisPosition]:
         """Fixes of the vessels the reconciliation considered or that AIS places in the chip."""
         keep = {c["mmsi"] for c in self.alert["considered"]}
@@ -335,6 +438,7 @@ def evidence_zip(ws: Workspace, view: AlertView) -> bytes:
     used = view.used_positions()
     files = {
         "chip_true.png": view.chip("true"),
+        "chip_true_clean.png": view.clean_chip(),
         "chip_false.png": view.chip("false"),
         "detections.geojson": _json_bytes(detections_geojson(view.alert, view.vessels)),
         "ais_positions.csv": ais_csv(used, view.names).encode("utf-8"),

@@ -30,10 +30,10 @@ from pyproj import Transformer
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from imagery import review_db
 from imagery.pipeline import CHIP_HALF
-from imagery.review_db import Vessel
-from imagery.review_media import MediaError, scene_info
+from imagery.review import db as review_db
+from imagery.review.db import Vessel
+from imagery.review.media import MediaError, scene_info
 from imagery.scene import SceneInfo, write_scene
 from imagery.workspace import Workspace, utc_now
 
