@@ -10,16 +10,23 @@ from datetime import UTC, datetime
 
 from imagery.workspace import Workspace
 
-ALERT_COLUMNS = ("alert_id", "port", "zone", "acquisition_time", "lon", "lat", "score",
+ALERT_COLUMNS = ("alert_id", "status", "port", "zone", "acquisition_time", "lon", "lat", "score",
                  "length_m", "episode_id", "reasons", "chip_path", "model", "weights_sha256",
                  "simulated")
 
 
 def query_alerts(ws: Workspace, port: str | None = None, since: datetime | None = None,
-                 alert_id: str | None = None) -> list[dict]:
-    """Alerts newest first, with their episode's first and last seen."""
-    sql = """SELECT a.*, e.first_seen, e.last_seen, e.scenes AS episode_scenes
-             FROM alerts a LEFT JOIN episodes e ON e.episode_id = a.episode_id WHERE 1=1"""
+                 alert_id: str | None = None, until: datetime | None = None,
+                 status: str | None = None) -> list[dict]:
+    """Alerts newest first, with their episode's first and last seen and their review
+    `status`: the latest verdict (confirmed, rejected, unsure), `open` when there is none."""
+    verdict = "'open'"
+    if ws.has_table("reviews"):
+        verdict = """COALESCE((SELECT r.verdict FROM reviews r WHERE r.alert_id = a.alert_id
+                     AND r.action = 'verdict' ORDER BY r.id DESC LIMIT 1), 'open')"""
+    sql = f"""SELECT * FROM (SELECT a.*, e.first_seen, e.last_seen,
+                    e.scenes AS episode_scenes, {verdict} AS status
+             FROM alerts a LEFT JOIN episodes e ON e.episode_id = a.episode_id) a WHERE 1=1"""
     args: list = []
     if port:
         sql += " AND a.port = ?"
@@ -27,6 +34,12 @@ def query_alerts(ws: Workspace, port: str | None = None, since: datetime | None 
     if since:
         sql += " AND a.acquisition_time >= ?"
         args.append(since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if until:
+        sql += " AND a.acquisition_time <= ?"
+        args.append(until.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    if status:
+        sql += " AND a.status = ?"
+        args.append(status)
     if alert_id:
         sql += " AND a.alert_id = ?"
         args.append(alert_id)
@@ -112,13 +125,14 @@ def format_alerts(rows: list[dict], fmt: str = "table",
     if not rows:
         return "no undeclared port calls\n" + notes
     lines = [f"{'acquired':20s} {'port':10s} {'zone':26s} {'score':>5s} {'len_m':>6s}  "
-             f"{'episode (first - last seen)':45s} alert"]
+             f"{'status':9s} {'episode (first - last seen)':45s} alert"]
     for r in rows:
         episode = f"{(r.get('first_seen') or '')[:10]} - {(r.get('last_seen') or '')[:10]}"
         length = "" if r["length_m"] is None else f"{r['length_m']:.0f}"
         sim = "  SIMULATED" if r["simulated"] else ""
         lines.append(f"{r['acquisition_time']:20s} {r['port']:10s} {r['zone'] or '-':26s} "
-                     f"{r['score']:5.2f} {length:>6s}  {episode:45s} {r['alert_id']}{sim}")
+                     f"{r['score']:5.2f} {length:>6s}  {r.get('status', 'open'):9s} "
+                     f"{episode:45s} {r['alert_id']}{sim}")
     return "\n".join(lines) + "\n" + notes
 
 

@@ -18,6 +18,10 @@ from pathlib import Path
 from imagery.ports import Port, PortsError, get_port, load_ports
 from imagery.scene import SceneError, parse_time
 from imagery.sources import SourceAuthError, SourceError
+from imagery.workspace import WorkspaceError
+
+# An alert's review status: its latest verdict (imagery/review/db.py), open when none.
+STATUSES = ("open", "confirmed", "rejected", "unsure")
 
 
 class UserError(Exception):
@@ -35,6 +39,44 @@ def _end_date(text: str) -> datetime:
     moment = _date(text)
     # A bare date as --end means the whole of that day.
     return moment + timedelta(days=1) - timedelta(seconds=1) if len(text.strip()) == 10 else moment
+
+
+def _tcp_port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port number") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"TCP port {value} is outside 1-65535")
+    return value
+
+
+def _check_order(start: datetime | None, end: datetime | None, first: str, last: str) -> None:
+    """Reversed dates select nothing: say so rather than report an empty result."""
+    if start is not None and end is not None and start > end:
+        raise UserError(f"{first} {start:%Y-%m-%dT%H:%M:%SZ} is after {last} "
+                        f"{end:%Y-%m-%dT%H:%M:%SZ}")
+
+
+def _reading_workspace(args: argparse.Namespace):
+    """A reading command's workspace: it must exist (a mistyped --workspace is refused, never
+    created empty); a read-only one is read as it is."""
+    from imagery.workspace import Workspace
+
+    return Workspace.open(args.workspace, must_exist=True)
+
+
+def _writing_workspace(args: argparse.Namespace, command: str, full_schema: bool = False):
+    """A writing command's workspace, refused up front when read-only (nothing fetched,
+    nothing written); `full_schema` adds the AIS and pipeline tables."""
+    from imagery.workspace import Workspace
+
+    Workspace.open(args.workspace).require_writable(command)
+    if full_schema:
+        from imagery.pipeline import open_workspace
+
+        return open_workspace(args.workspace)
+    return Workspace.open(args.workspace)
 
 
 def _ports(args: argparse.Namespace) -> dict[str, Port]:
@@ -60,10 +102,9 @@ def cmd_ports(args: argparse.Namespace) -> int:
 
 
 def cmd_scenes(args: argparse.Namespace) -> int:
-    from imagery.workspace import Workspace
-
-    ws = Workspace.open(args.workspace)
-    records = ws.list_scenes(args.port)
+    port = _port(args).name if args.port else None
+    ws = _reading_workspace(args)
+    records = ws.list_scenes(port)
     if not records:
         print(f"workspace {ws.root} holds no scenes yet")
         return 0
@@ -102,6 +143,7 @@ def _source(args: argparse.Namespace):
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    _check_order(args.start, args.end, "--start", "--end")
     port, source = _port(args), _source(args)
     refs = source.search(port, args.start, args.end, args.max_cloud)
     print(f"{len(refs)} scene(s) of {port.name} from {source.name}, "
@@ -116,10 +158,10 @@ def cmd_fetch(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from imagery.sources import fetch_into_workspace
-    from imagery.workspace import Workspace
 
+    _check_order(args.start, args.end, "--start", "--end")
     port, source = _port(args), _source(args)
-    ws = Workspace.open(args.workspace)
+    ws = _writing_workspace(args, "fetch")
     refs = source.search(port, args.start, args.end, args.max_cloud)
     counts: dict[str, int] = {}
     for ref in tqdm(refs, desc=f"fetch {port.name}", unit="scene"):
@@ -181,18 +223,16 @@ def set_aside_line(count: int) -> str:
 
 
 def _run_once(args: argparse.Namespace) -> int:
-    from imagery.pipeline import RunLocked, open_workspace, run_pass
+    from imagery.pipeline import run_pass
 
     ports = [_port(args)] if args.port else list(_ports(args).values())
     source = None if args.no_fetch else _source(args)
     end = args.until or datetime.now(UTC)
     start = args.since or end - timedelta(days=14)
-    ws = open_workspace(args.workspace)
-    try:
-        report = run_pass(ws, ports, source, start, end, max_cloud=args.max_cloud,
-                          weights=args.weights, threshold=args.threshold, tta=args.tta)
-    except RunLocked as exc:
-        raise UserError(str(exc)) from None
+    _check_order(start, end, "--since", "--until" if args.until else "now")
+    ws = _writing_workspace(args, args.command, full_schema=True)
+    report = run_pass(ws, ports, source, start, end, max_cloud=args.max_cloud,
+                      weights=args.weights, threshold=args.threshold, tta=args.tta)
     fetched = ", ".join(f"{v} {k}" for k, v in sorted(report.fetched.items())) or "none new"
     print(f"scenes fetched: {fetched}; processed: {len(report.processed)}; "
           f"alerts: {report.alerts}; failed: {len(report.failed)}")
@@ -210,7 +250,12 @@ def _run_once(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    return _run_once(args)
+    from imagery.pipeline import RunLocked
+
+    try:
+        return _run_once(args)
+    except RunLocked as exc:
+        raise UserError(str(exc)) from None
 
 
 def _interval(text: str) -> timedelta:
@@ -228,24 +273,48 @@ def _interval(text: str) -> timedelta:
 def cmd_watch(args: argparse.Namespace) -> int:
     import time
 
-    passes = 0
+    _check_order(args.since, args.until, "--since", "--until")
+    _writing_workspace(args, "watch")  # a read-only workspace fails now, not every interval
+    passes, status = 0, 0
     while True:
         started = time.monotonic()
-        print(f"[{datetime.now(UTC):%Y-%m-%d %H:%M:%SZ}] berthwatch run")
-        _run_once(args)  # one failed pass is reported, not fatal: the next one retries
+        print(f"[{datetime.now(UTC):%Y-%m-%d %H:%M:%SZ}] berthwatch run", flush=True)
+        status = _watch_pass(args)
         passes += 1
         if args.max_passes and passes >= args.max_passes:
-            return 0
+            return status
         time.sleep(max(0.0, args.every.total_seconds() - (time.monotonic() - started)))
+
+
+def _watch_pass(args: argparse.Namespace) -> int:
+    """One pass of `watch`. A failed pass (another run holds the workspace, the database
+    stayed locked, the source is unreachable) is reported and retried at the next interval;
+    only errors the user must fix (bad options, read-only workspace) stop the watch."""
+    import sqlite3
+
+    from imagery.pipeline import RunLocked
+    from imagery.workspace import WorkspaceBusy
+
+    try:
+        return _run_once(args)
+    except SourceAuthError:
+        raise  # credentials do not mend themselves
+    except (RunLocked, WorkspaceBusy, SourceError, sqlite3.OperationalError) as exc:
+        print(f"    pass failed, retried in {args.every.total_seconds():g} s: {exc}", flush=True)
+        return 1
 
 
 def cmd_alerts(args: argparse.Namespace) -> int:
     from imagery.alerts import coverage_lines, format_alerts, no_coverage_scenes, query_alerts
-    from imagery.pipeline import open_workspace
 
-    ws = open_workspace(args.workspace)
-    rows = query_alerts(ws, port=args.port, since=args.since)
-    gaps = no_coverage_scenes(ws, port=args.port, since=args.since)
+    port = _port(args).name if args.port else None
+    _check_order(args.since, args.until, "--since", "--until")
+    ws = _reading_workspace(args)
+    if not ws.has_table("alerts"):
+        sys.stdout.write(format_alerts([], args.format))
+        return 0
+    rows = query_alerts(ws, port=port, since=args.since, until=args.until, status=args.status)
+    gaps = no_coverage_scenes(ws, port=port, since=args.since)
     sys.stdout.write(format_alerts(rows, args.format, gaps))
     if args.format == "csv":  # CSV stays rows only: the coverage note goes to stderr
         for line in coverage_lines(gaps):
@@ -258,9 +327,8 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
 def cmd_ais_import(args: argparse.Namespace) -> int:
     from imagery import ais
-    from imagery.workspace import Workspace
 
-    ws, failed, truncated = Workspace.open(args.workspace), [], []
+    ws, failed, truncated = _writing_workspace(args, "ais import"), [], []
     for path in args.files:
         # Each file is its own unit (its own transaction): a bad one is named on one line and
         # the others still import.
@@ -290,10 +358,10 @@ def cmd_ais_import(args: argparse.Namespace) -> int:
 
 def cmd_watchlist_import(args: argparse.Namespace) -> int:
     from imagery import ais
-    from imagery.workspace import Workspace
 
+    ws = _writing_workspace(args, "watchlist import")
     try:
-        report = ais.import_watchlist(Workspace.open(args.workspace), args.file)
+        report = ais.import_watchlist(ws, args.file)
     except ais.AisError as exc:
         raise UserError(str(exc)) from None
     print("\n".join(ais.describe_watchlist(report)))
@@ -328,6 +396,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     started = time.monotonic()
     workspace = args.workspace or "berthwatch-demo"
+    args.workspace = workspace
+    _writing_workspace(args, "demo")
     print("berthwatch demo: SIMULATED scenes and SIMULATED AIS of Chongjin and Vostochny")
     result = run_demo(workspace, seed=args.seed, weights=args.weights, threshold=args.threshold)
     print(f"\nSIMULATED undeclared port calls ({result.scenes} scenes):")
@@ -342,6 +412,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"recall {result.recall:.2f} (tp {result.tp}, fp {result.fp}, fn {result.fn}; "
           f"{result.hidden_found} more on dark vessels the truth marks hidden by cloud)")
     print(set_aside_line(result.under_cloud))
+    print(f"scenes skipped, not processed: {len(result.skipped)}")
+    for scene_id, reason in result.skipped:
+        print(f"    {scene_id}: {reason}")
     print(f"timeline plot: {result.plot}")
     print(f"review the alerts: berthwatch review --workspace {workspace}")
     for port, page in sorted(result.reports.items()):
@@ -387,12 +460,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_review(args: argparse.Namespace) -> int:
     import os
 
-    from imagery.review import BindError, serve
+    from imagery.review import BindError, check_bind, serve
 
+    if args.old_port is not None:
+        print("berthwatch review: warning: --port is deprecated here (everywhere else --port "
+              "is a harbour); use --listen-port", file=sys.stderr)
+    listen = args.listen_port if args.listen_port is not None else args.old_port or 8000
     # The environment keeps the token out of `ps` and shell history.
     token = args.token or os.environ.get("BERTHWATCH_REVIEW_TOKEN") or None
     try:
-        serve(args.workspace, args.host, args.port, token, ports_dir=args.ports)
+        check_bind(args.host, token)  # a weak token is refused first, whatever the workspace
+        ws = _reading_workspace(args)
+        if ws.read_only:
+            print(f"workspace {ws.root} is read-only: pages are served, verdicts and edits are "
+                  "refused", file=sys.stderr)
+        serve(ws.root, args.host, listen, token, ports_dir=args.ports)
     except BindError as exc:
         raise UserError(str(exc)) from None
     return 0
@@ -402,6 +484,7 @@ def cmd_chips_export(args: argparse.Namespace) -> int:
     from imagery.pipeline import open_workspace
     from imagery.review.export import export_chips
 
+    _reading_workspace(args)  # refuse a mistyped --workspace before creating anything
     results = export_chips(open_workspace(args.workspace), args.out)
     for r in results:
         if r.skipped:
@@ -419,14 +502,18 @@ def _add_review_parsers(sub: argparse._SubParsersAction, common: argparse.Argume
     p.set_defaults(handler=cmd_review)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1; any other needs --token)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--listen-port", type=_tcp_port, metavar="N",
+                   help="TCP port to listen on, 1-65535 (default 8000)")
+    # The old spelling of --listen-port: --port names a harbour in every other command.
+    p.add_argument("--port", dest="old_port", type=_tcp_port, help=argparse.SUPPRESS)
     p.add_argument("--token", help="require this token (default $BERTHWATCH_REVIEW_TOKEN)")
     p = sub.add_parser("chips", help="reviewed scenes as training chips")
     actions = p.add_subparsers(dest="chips_command", required=True, metavar="ACTION")
     exp = actions.add_parser("export", parents=[common], help="write reviewed scenes as "
                              "scene.tif + labels.geojson folders (the sen2ships layout)")
     exp.set_defaults(handler=cmd_chips_export)
-    exp.add_argument("--out", required=True, metavar="DIR")
+    exp.add_argument("--out", required=True, metavar="DIR",
+                     help="folder to write the scene folders into (created if missing)")
 
 
 # --- train, evaluate (the only place imagery reaches into training) --------------------------
@@ -497,6 +584,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="berthwatch",
         description="Count berthed vessels in Sentinel-2 scenes and surface undeclared port calls.",
     )
+    parser.add_argument("--version", action="version", version=f"berthwatch {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
@@ -505,14 +593,15 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         return p
 
     add("ports", cmd_ports, "list ports, AOI area and berth zones")
-    add("scenes", cmd_scenes, "list the scenes the workspace holds").add_argument("--port")
+    add("scenes", cmd_scenes, "list the scenes the workspace holds").add_argument(
+        "--port", help="only this port's scenes (default: all)")
     _add_selection(add("search", cmd_search, "search scenes of a port in a time range"))
     _add_selection(add("fetch", cmd_fetch, "fetch scenes of a port into the workspace"))
     p = add("simulate", cmd_simulate, "write a SIMULATED scene of a port (with its truth)")
-    p.add_argument("--port", required=True)
-    p.add_argument("--date", required=True, type=_date)
-    p.add_argument("--out", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--port", required=True, help="port name (see `berthwatch ports`)")
+    p.add_argument("--date", required=True, type=_date, help="acquisition time, ISO 8601 (UTC)")
+    p.add_argument("--out", required=True, help="scene GeoTIFF to write (truth JSON beside it)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--cloud", type=float, default=0.0, help="cloud cover to simulate, 0-1")
     p = add("detect", cmd_detect, "detect vessels in a scene and write GeoJSON")
     p.add_argument("scene", help="scene GeoTIFF in the scene format")
@@ -536,23 +625,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--port", help="one port (default: all)")
         p.add_argument("--since", type=_date, help="search scenes since (default: 14 days ago)")
         p.add_argument("--until", type=_end_date, help="search scenes until (default: now)")
-        p.add_argument("--max-cloud", type=float, default=30.0)
+        p.add_argument("--max-cloud", type=float, default=30.0,
+                       help="skip scenes whose AOI is more clouded, in percent (default 30)")
         p.add_argument("--source", choices=("sentinelhub", "local", "simulated"),
-                       default="sentinelhub")
+                       default="sentinelhub", help="where scenes come from (default sentinelhub)")
         p.add_argument("--from", dest="from_dir", help="folder of scenes for --source local")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=int, default=0, help="seed for --source simulated")
         p.add_argument("--no-fetch", action="store_true",
                        help="only process scenes already in the workspace")
-        p.add_argument("--weights")
-        p.add_argument("--threshold", type=float)
+        p.add_argument("--weights", help="weights name or .pt file (default: the shipped model)")
+        p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
         p.add_argument("--tta", action="store_true",
                        help="detect with eight orientations of each chip averaged (~7x slower)")
         if name == "watch":
-            p.add_argument("--every", type=_interval, default=_interval("6h"))
+            p.add_argument("--every", type=_interval, default=_interval("6h"),
+                           help="interval between passes, e.g. 30m, 6h, 1d (default 6h)")
             p.add_argument("--max-passes", type=int, default=0, help=argparse.SUPPRESS)
     _add_training_parsers(add, command)
     p = add("demo", cmd_demo, "run the whole pipeline offline on SIMULATED data")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="seed of the simulation (default 7)")
     p.add_argument("--weights", help="weights name or .pt file (default: the shipped model)")
     p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
     p = add("report", cmd_report, "tanker calls and estimated barrels of a port: charts, "
@@ -565,12 +656,25 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="change a tanker constant (imagery/tankers.py TankerConfig), e.g. "
                         "load_factor=0.33; repeatable")
     p = add("alerts", cmd_alerts, "list undeclared port calls (unmatched berthed vessels)")
-    p.add_argument("--port")
-    p.add_argument("--since", type=_date)
-    p.add_argument("--format", choices=("table", "csv", "geojson"), default="table")
+    p.add_argument("--port", help="only this port's alerts (default: all)")
+    p.add_argument("--since", type=_date, help="acquired at or after, ISO 8601")
+    p.add_argument("--until", type=_end_date, help="acquired at or before, ISO 8601")
+    p.add_argument("--status", choices=STATUSES,
+                   help="only alerts with this review status (the latest verdict; open: none)")
+    p.add_argument("--format", choices=("table", "csv", "geojson"), default="table",
+                   help="output format (default table)")
     _add_ais_parsers(sub, common)
     _add_review_parsers(sub, common)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("berthwatch")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -580,7 +684,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.handler(args) or 0)
-    except (UserError, PortsError, SceneError) as exc:
+    except (UserError, PortsError, SceneError, WorkspaceError) as exc:
         print(f"berthwatch {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except SourceAuthError as exc:

@@ -5,15 +5,27 @@ berthwatch records (scene catalog here; AIS, detections, alerts and reviews add 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import random
+import re
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import quote
 
 DB_NAME = "berthwatch.sqlite"
+# How long one attempt waits on another process's write lock (SQLite's own busy handler), and
+# how long a writer keeps retrying in all before giving up. Writers hold the lock briefly (one
+# scene, one batch of AIS rows), so a long wait means another process is stuck or huge.
+BUSY_TIMEOUT_S = 10.0
+LOCK_PATIENCE_S = 600.0
+
+log = logging.getLogger(__name__)
 
 SCENES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS scenes (
@@ -32,6 +44,22 @@ CREATE TABLE IF NOT EXISTS scenes (
 );
 CREATE INDEX IF NOT EXISTS scenes_port_time ON scenes(port, acquisition_time);
 """
+
+
+class WorkspaceError(Exception):
+    """A workspace that cannot be used as asked; the message names it."""
+
+
+class WorkspaceMissing(WorkspaceError):
+    """A reading command pointed at a folder that holds no workspace database."""
+
+
+class WorkspaceReadOnly(WorkspaceError):
+    """A write asked of a workspace this process cannot write."""
+
+
+class WorkspaceBusy(WorkspaceError):
+    """Another process kept the database locked past LOCK_PATIENCE_S."""
 
 
 # Folders under the root that hold files the database points at: paths into them are stored
@@ -83,20 +111,59 @@ class SceneRecord:
 
 
 class Workspace:
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, read_only: bool = False):
         self.root = Path(root).expanduser().resolve()
+        self.read_only = read_only
+        self._stand_in_schemas: list[str] = []  # see ensure_schema
 
     @classmethod
-    def open(cls, path: str | os.PathLike | None = None) -> Workspace:
-        """`--workspace` wins, then $BERTHWATCH_HOME, then ~/.berthwatch."""
+    def open(cls, path: str | os.PathLike | None = None, *,
+             must_exist: bool = False) -> Workspace:
+        """`--workspace` wins, then $BERTHWATCH_HOME, then ~/.berthwatch.
+
+        `must_exist` (reading commands): refuse a folder without a database rather than create
+        an empty workspace where a mistyped path points. A workspace this process cannot write
+        opens read-only: nothing is created, every connection is read-only, and a transaction
+        raises WorkspaceReadOnly."""
         ws = cls(path if path else default_home())
-        ws.root.mkdir(parents=True, exist_ok=True)
+        if must_exist and not ws.db_path.is_file():
+            raise WorkspaceMissing(f"no berthwatch workspace at {ws.root} (no {DB_NAME} there); "
+                                   "check --workspace or $BERTHWATCH_HOME")
+        if ws.db_path.is_file() and not ws._writable():
+            ws.read_only = True
+            return ws
+        try:
+            ws.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise WorkspaceReadOnly(f"cannot create workspace {ws.root}: "
+                                    f"{exc.strerror or exc}") from None
+        if not ws._writable():
+            raise WorkspaceReadOnly(f"workspace {ws.root} is read-only and holds no {DB_NAME}")
         ws.ensure_schema(SCENES_SCHEMA)
         ws.relativise_column("scenes", "scene_id", "path")
         return ws
 
+    def _writable(self) -> bool:
+        # SQLite writes beside the database (-wal, -shm, -journal): the folder must be writable
+        # too. os.access also says False on a read-only mount, even to root.
+        files = [self.db_path] + [Path(f"{self.db_path}{s}") for s in ("-wal", "-shm")]
+        return os.access(self.root, os.W_OK) and all(
+            os.access(f, os.W_OK) for f in files if f.exists())
+
+    def require_writable(self, command: str) -> None:
+        """Refuse a writing command up front, before it fetches or writes anything."""
+        if self.read_only:
+            raise WorkspaceReadOnly(f"workspace {self.root} is read-only: `{command}` writes "
+                                    "to it; give a writable --workspace")
+
     def ensure_schema(self, script: str) -> None:
         """Create a module's tables if missing (each statement idempotent)."""
+        if self.read_only:
+            # Nothing can be created: tables missing from a read-only database are stood in
+            # for by empty TEMP tables in each connection, so readers find them empty.
+            if script not in self._stand_in_schemas:
+                self._stand_in_schemas.append(script)
+            return
         conn = self.connect()
         try:
             conn.executescript(script)
@@ -112,24 +179,69 @@ class Workspace:
         return self.root / "scenes"
 
     def connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.db_path, timeout=30, isolation_level=None)
+        if self.read_only:
+            return self._connect_read_only()
+        conn = sqlite3.connect(self.db_path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
         return conn
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One atomic unit of work: committed whole or not at all."""
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """mode=ro sees a live WAL; where SQLite cannot open its -shm beside a read-only
+        database (no writer has it open), immutable=1 reads the file as it stands."""
+        base = "file:" + quote(str(self.db_path))
+        for query in ("?mode=ro", "?immutable=1"):
+            conn = sqlite3.connect(base + query, uri=True, timeout=BUSY_TIMEOUT_S,
+                                   isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            try:
+                present = {r[0] for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+                self._add_stand_ins(conn, present)
+                wal = Path(f"{self.db_path}-wal")
+                if "immutable" in query and wal.is_file() and wal.stat().st_size:
+                    log.warning("%s is read without %s: the changes it holds are not seen",
+                                self.db_path, wal.name)
+                return conn
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if getattr(exc, "sqlite_errorname", "") != "SQLITE_CANTOPEN":
+                    raise
+        raise WorkspaceError(f"cannot open {self.db_path} read-only")
+
+    def _add_stand_ins(self, conn: sqlite3.Connection, present: set[str]) -> None:
+        for script in self._stand_in_schemas:
+            for statement in _statements(script):
+                match = _CREATE_TABLE.match(statement)
+                if match and match.group(1) not in present:
+                    conn.execute(_CREATE_TABLE.sub(r"CREATE TEMP TABLE \1", statement, count=1))
+
+    def has_table(self, name: str) -> bool:
         conn = self.connect()
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                                (name,)).fetchone() is not None
+        finally:
+            conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One atomic unit of work: committed whole or not at all. Waits (with backoff) while
+        another process writes; a database that turns out read-only raises WorkspaceReadOnly."""
+        if self.read_only:
+            raise WorkspaceReadOnly(f"workspace {self.root} is read-only")
+        conn = self.connect()
+        try:
+            begin_immediate(conn, self.db_path)
             yield conn
             conn.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if _read_only_error(exc):
+                raise WorkspaceReadOnly(f"workspace {self.root} is read-only ({exc})") from None
             raise
         finally:
             conn.close()
@@ -245,6 +357,48 @@ class Workspace:
         resolved = self.resolve(data["path"])
         data["path"] = str(resolved) if resolved else None
         return SceneRecord(**data)
+
+
+def begin_immediate(conn: sqlite3.Connection, db_path: Path | str = "the database",
+                    patience_s: float | None = None) -> None:
+    """BEGIN IMMEDIATE (take the write lock now), retried with growing, jittered pauses while
+    another process holds it; WorkspaceBusy after `patience_s` (default LOCK_PATIENCE_S)."""
+    patience = LOCK_PATIENCE_S if patience_s is None else patience_s
+    deadline, pause, warned = time.monotonic() + patience, 0.05, False
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if not getattr(exc, "sqlite_errorname", "").startswith(("SQLITE_BUSY",
+                                                                     "SQLITE_LOCKED")):
+                raise
+            if time.monotonic() >= deadline:
+                raise WorkspaceBusy(f"{db_path} stayed locked by another process for "
+                                    f"{patience:.0f} s; try again when it ends") from None
+            if not warned:
+                log.warning("%s is locked by another process; waiting", db_path)
+                warned = True
+        time.sleep(pause * random.uniform(0.5, 1.0))
+        pause = min(pause * 2, 2.0)
+
+
+_CREATE_TABLE = re.compile(r"\s*CREATE TABLE IF NOT EXISTS (\w+)", re.IGNORECASE)
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of a schema script (a trigger's body keeps its semicolons)."""
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            yield buffer.strip()
+            buffer = ""
+
+
+def _read_only_error(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and getattr(
+        exc, "sqlite_errorname", "").startswith("SQLITE_READONLY")
 
 
 def _workspace_tails(path: Path) -> Iterator[Path]:

@@ -134,9 +134,11 @@ def test_cli_refuses_a_weak_token_with_one_line(tmp_path, monkeypatch, capsys, w
 
 def test_cli_accepts_a_strong_token(tmp_path, monkeypatch):
     from imagery import cli
+    from imagery.workspace import Workspace
 
     started = []
     monkeypatch.setattr("uvicorn.run", lambda *a, **k: started.append(a))
+    Workspace.open(tmp_path / "ws")  # `review` refuses a folder without a workspace
     assert cli.main(["review", "--host", "0.0.0.0", "--token", STRONG,
                      "--workspace", str(tmp_path / "ws")]) == 0
     assert len(started) == 1

@@ -24,6 +24,7 @@ from imagery.render import SIMULATED_BAND_PX, SIMULATED_COLOUR
 from imagery.review import BindError, check_bind, create_app
 from imagery.review import db as review_db
 from imagery.review.media import CAPTION_PX
+from imagery.workspace import Workspace
 
 with warnings.catch_warnings():
     # This starlette release asks for `httpx2`; the test client works the same with httpx.
@@ -474,6 +475,7 @@ def test_bind_beyond_loopback_needs_a_token(tmp_path, monkeypatch):
     monkeypatch.delenv("BERTHWATCH_REVIEW_TOKEN", raising=False)
     started = []
     monkeypatch.setattr("uvicorn.run", lambda *a, **k: started.append(a))
+    Workspace.open(tmp_path)  # `review` refuses a folder without a workspace
     assert cli.main(["review", "--host", "0.0.0.0", "--workspace", str(tmp_path)]) == 2
     assert started == []
     monkeypatch.setenv("BERTHWATCH_REVIEW_TOKEN", "s3cret-token-0123456789")

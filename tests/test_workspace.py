@@ -1,3 +1,4 @@
+import os
 import shutil
 import sqlite3
 from datetime import UTC, datetime
@@ -100,6 +101,135 @@ def test_bad_date_is_a_usage_error(capsys):
     assert "'yesterday' is not an ISO 8601 date" in capsys.readouterr().err
 
 
+# --- read-only and missing workspaces, waiting on another writer (issue 25, items 10, 11, 18) --
+
+
+def test_a_reading_open_refuses_a_missing_workspace_and_creates_nothing(tmp_path):
+    from imagery.workspace import WorkspaceMissing
+
+    with pytest.raises(WorkspaceMissing, match="berthwatch.sqlite"):
+        Workspace.open(tmp_path / "mistyped", must_exist=True)
+    assert not (tmp_path / "mistyped").exists()
+    Workspace.open(tmp_path / "real")
+    assert Workspace.open(tmp_path / "real", must_exist=True).read_only is False
+
+
+def _not_writable(monkeypatch, root):
+    """What os.access says of a read-only mount or a folder of another user (as root, chmod
+    alone changes nothing, so the check is simulated here; tests/test_hostile_cli.py mounts a
+    workspace really read-only)."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if mode == os.W_OK and
+                        str(p).startswith(str(root)) else real(p, mode, *a, **k))
+
+
+def test_a_read_only_workspace_reads_and_refuses_writes(tmp_path, monkeypatch):
+    import sqlite3
+
+    from imagery.review import db as review_db
+    from imagery.workspace import WorkspaceReadOnly
+
+    src = tmp_path / "incoming"
+    port = _write_port_scene(src / "a.tif", scene_id="S_RO")
+    ws = Workspace.open(tmp_path / "ws")
+    source = LocalFolderSource(src)
+    fetch_into_workspace(source, source.search(port, datetime(2024, 1, 1, tzinfo=UTC),
+                                               datetime(2024, 12, 31, tzinfo=UTC))[0], port, ws)
+    db_bytes = ws.db_path.read_bytes()
+    _not_writable(monkeypatch, ws.root)
+    ro = Workspace.open(ws.root)
+    assert ro.read_only
+    assert [r.scene_id for r in ro.list_scenes()] == ["S_RO"]
+    review_db.ensure_schema(ro)  # a table the database lacks reads as empty...
+    assert review_db.reviewed_scene_ids(ro) == []
+    assert not ro.has_table("reviews")  # ...and is not created
+    with pytest.raises(WorkspaceReadOnly, match=str(ro.root)):
+        with ro.transaction():
+            pass
+    with pytest.raises(WorkspaceReadOnly, match="read-only"):
+        ro.require_writable("run")
+    conn = ro.connect()  # the connection itself refuses writes
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        conn.execute("DELETE FROM scenes")
+    conn.close()
+    assert ws.db_path.read_bytes() == db_bytes
+
+
+HOLD_DB = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")
+conn.execute("CREATE TABLE IF NOT EXISTS held (t REAL)")
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("COMMIT")
+"""
+
+
+def _holder(ws, seconds):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_DB, str(ws.db_path), str(seconds)],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_transaction_waits_for_another_process_then_gives_up_in_one_line(tmp_path,
+                                                                           monkeypatch):
+    import time
+
+    from imagery import workspace
+    from imagery.workspace import WorkspaceBusy
+
+    ws = Workspace.open(tmp_path / "ws")
+    holder = _holder(ws, 1.5)
+    started = time.monotonic()
+    with ws.transaction() as conn:  # waits for the other process's commit
+        conn.execute("CREATE TABLE mine (x)")
+    assert time.monotonic() - started > 0.5
+    holder.wait(timeout=30)
+    monkeypatch.setattr(workspace, "BUSY_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(workspace, "LOCK_PATIENCE_S", 1.0)
+    holder = _holder(ws, 10)
+    try:
+        with pytest.raises(WorkspaceBusy, match="stayed locked"):
+            with ws.transaction():
+                pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+
+
+def test_an_ais_import_cut_short_is_resumed(tmp_path):
+    """An import commits in batches; one cut short (its row unfinished) is taken over by the
+    next import of the same file rather than reported as already imported."""
+    from imagery import ais
+    from imagery.workspace import sha256_file
+
+    feed = tmp_path / "feed.csv"
+    feed.write_text("MMSI,BaseDateTime,LAT,LON\n273000001,2024-03-01T00:00:00,42.7,133.07\n"
+                    "273000001,2024-03-01T00:10:00,42.7,133.07\n")
+    ws = Workspace.open(tmp_path / "ws")
+    ais.ensure_schema(ws)
+    with ws.transaction() as conn:  # what a killed import leaves: its row, one batch
+        import_id = conn.execute(
+            "INSERT INTO ais_imports (file, sha256, format, started_at) VALUES (?, ?, 'csv',"
+            " '2024-01-01T00:00:00Z')", (str(feed), sha256_file(feed))).lastrowid
+        conn.execute("INSERT INTO ais_positions (mmsi, time, t_epoch, lon, lat, import_id)"
+                     " VALUES (273000001, '2024-03-01T00:00:00Z', 1709251200, 133.07, 42.7, ?)",
+                     (import_id,))
+    report = ais.import_file(ws, feed)
+    assert not report.already_imported
+    assert (report.accepted, report.duplicates) == (1, 1)
+    again = ais.import_file(ws, feed)
+    assert again.already_imported
+    conn = ws.connect()
+    assert conn.execute("SELECT COUNT(*) FROM ais_positions").fetchone()[0] == 2
+    assert conn.execute("SELECT COUNT(*) FROM ais_imports WHERE finished_at IS NOT NULL"
+                        ).fetchone()[0] == 1
+    conn.close()
 def test_ids_that_sanitise_alike_get_their_own_files():
     ids = ["COLLIDE A", "COLLIDE_A", "collide_a", "COLLIDE/A", "x" * 400]
     stems = [file_stem(i) for i in ids]

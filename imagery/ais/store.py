@@ -6,6 +6,7 @@ import io
 import itertools
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 from imagery.ais.csv_rows import _csv_lines, _csv_records, parse_columns
@@ -24,7 +25,7 @@ from imagery.ais.records import (
     parse_received_at,
     printable,
 )
-from imagery.workspace import Workspace, sha256_file, utc_now
+from imagery.workspace import Workspace, begin_immediate, sha256_file, utc_now
 
 BATCH = 5000
 
@@ -68,11 +69,20 @@ _INSERT_POSITION = (
 )
 
 
+# An import commits its rows this often and then pauses, so that `run`, `review` verdicts and
+# other writers waiting on the database get the write lock between batches (SQLite's busy
+# handler polls at most every 100 ms, hence a pause a little longer than that).
+COMMIT_EVERY_S = 2.0
+YIELD_S = 0.15
+
+
 class _Store:
-    """Buffers records and writes them in batches inside the caller's transaction."""
+    """Buffers records and writes them in batches inside the caller's transaction, which it
+    commits and reopens every COMMIT_EVERY_S: a huge file never holds the write lock long."""
 
     def __init__(self, conn: sqlite3.Connection, import_id: int):
         self.conn, self.import_id = conn, import_id
+        self.committed_at = time.monotonic()
         self.batch: list[tuple] = []
         self.accepted = self.duplicates = self.static_updates = 0
         self.seen: set[int] = set()
@@ -111,6 +121,11 @@ class _Store:
         self.accepted += inserted
         self.duplicates += len(self.batch) - inserted
         self.batch.clear()
+        if time.monotonic() - self.committed_at >= COMMIT_EVERY_S:
+            self.conn.execute("COMMIT")
+            time.sleep(YIELD_S)
+            begin_immediate(self.conn)
+            self.committed_at = time.monotonic()
 
 
 # --- import ----------------------------------------------------------------------------------
@@ -118,7 +133,8 @@ class _Store:
 
 def import_file(ws: Workspace, path: str | Path, fmt: str | None = None,
                 received_at: str | None = None, columns: str | None = None) -> ImportReport:
-    """Import one NMEA or CSV file in one transaction; a file already imported (same sha256)
+    """Import one NMEA or CSV file, committed in batches (rows are idempotent: an import cut
+    short is resumed by importing the file again); a file whose import finished (same sha256)
     adds nothing. Raises AisError, naming the file, for one that cannot be imported as asked
     (nothing of it is stored then). Bad rows are counted, never raised; a truncated gzip
     keeps its complete lines and says so in `report.truncated`."""
@@ -128,7 +144,27 @@ def import_file(ws: Workspace, path: str | Path, fmt: str | None = None,
     try:
         return _import_file(ws, path, fmt, received_at, columns)
     except OSError as exc:
+        _forget_unfinished(ws, path)
         raise AisError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    except AisError:
+        _forget_unfinished(ws, path)
+        raise
+
+
+def _forget_unfinished(ws: Workspace, path: Path) -> None:
+    """A refused file stores nothing: the batches it had committed go with its import row."""
+    try:
+        digest = sha256_file(path)
+    except OSError:
+        return
+    if not ws.has_table("ais_imports"):  # refused before anything was set up
+        return
+    with ws.transaction() as conn:
+        row = conn.execute("SELECT id FROM ais_imports WHERE sha256 = ? AND finished_at IS NULL",
+                           (digest,)).fetchone()
+        if row:
+            conn.execute("DELETE FROM ais_positions WHERE import_id = ?", (row[0],))
+            conn.execute("DELETE FROM ais_imports WHERE id = ?", (row[0],))
 
 
 def _import_file(ws: Workspace, path: Path, fmt: str | None, received_at: str | None,
@@ -141,8 +177,8 @@ def _import_file(ws: Workspace, path: Path, fmt: str | None, received_at: str | 
     report = ImportReport(file=str(path), sha256=sha256_file(path), format=fmt)
     ensure_schema(ws)
     with ws.transaction() as conn:
-        previous = conn.execute("SELECT finished_at, rejected FROM ais_imports "
-                                "WHERE sha256 = ?", (report.sha256,)).fetchone()
+        previous = conn.execute("SELECT finished_at, rejected FROM ais_imports WHERE sha256 = ?"
+                                " AND finished_at IS NOT NULL", (report.sha256,)).fetchone()
         if previous:
             report.already_imported, report.previous_import = True, previous[0]
             report.rejected = json.loads(previous[1])
@@ -157,11 +193,13 @@ def _run_import(conn: sqlite3.Connection, path: Path, report: ImportReport,
                 received_at: str | None) -> set[int]:
     """Stream the file into the tables; returns the MMSIs seen."""
     started = utc_now()
+    # An earlier import of this file cut short (its batches committed) is taken over.
     import_id = conn.execute(
         "INSERT INTO ais_imports (file, sha256, format, started_at, received_at) "
-        "VALUES (?, ?, ?, ?, ?)",
-        (str(path.resolve()), report.sha256, report.format, started, received_at)).lastrowid
-    assert import_id is not None
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(sha256) DO UPDATE SET file = excluded.file, "
+        "format = excluded.format, started_at = excluded.started_at, "
+        "received_at = excluded.received_at RETURNING id",
+        (str(path.resolve()), report.sha256, report.format, started, received_at)).fetchone()[0]
     store, tally = _Store(conn, import_id), Tally()
     with _open_binary(path) as handle:
         if report.format == "nmea":

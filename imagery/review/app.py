@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote, urlencode
 
 import jinja2
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -35,7 +35,7 @@ from imagery.review.security import (
     install_security,
 )
 from imagery.scene import parse_time
-from imagery.workspace import Workspace
+from imagery.workspace import Workspace, WorkspaceReadOnly
 
 HERE = Path(__file__).resolve().parent
 ANALYST_COOKIE = "bw_analyst"
@@ -82,6 +82,7 @@ def create_app(workspace_path: str | os.PathLike | None, token: str | None = Non
     # through BodyLimit's receive directly and its refusal is caught before any task group.
     app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
     install_security(app, token)
+    _install_read_only(app)
     # Alert routes take the id as a `path` (it may hold `/`); the routes with a suffix come
     # first, so the page route never swallows `.../chip.png` (an id always ends in `#<n>`).
     _install_files(app)
@@ -89,6 +90,13 @@ def create_app(workspace_path: str | os.PathLike | None, token: str | None = Non
     vessel_type.install(app)  # vessel-type choice, port figures, report pages
     _install_pages(app)
     return app
+
+
+def _install_read_only(app: FastAPI) -> None:
+    @app.exception_handler(WorkspaceReadOnly)
+    async def read_only(request: Request, exc: WorkspaceReadOnly):
+        # Verdicts and edits on a read-only workspace: refused whole, nothing half-written.
+        return PlainTextResponse(f"409: not recorded: {exc}", status_code=409)
 
 
 def _templates() -> Jinja2Templates:

@@ -331,6 +331,8 @@ def timeline_png(ws: Workspace, port: str, simulated: bool = False) -> Path | No
     path = folder / f"{port}-{digest[:16]}.png"
     if path.is_file():
         return path
+    if ws.read_only:  # no plot can be drawn into a read-only workspace
+        return None
     for old in folder.glob(f"{port}-*.png"):  # an older plot of this port is out of date
         old.unlink(missing_ok=True)
     title = f"{port}: vessels at berths per scene" + ("  (SIMULATED)" if simulated else "")
