@@ -62,6 +62,10 @@ DEFAULT_NAME = "berthnet-s2"
 # Two maxima of the heat joined by a ridge that stays above this fraction of the weaker are
 # one vessel (leave-ports-out F1 0.617 with it and the two-way hull test, 0.615 without).
 RIDGE_RATIO = 0.8
+# The farthest two maxima of one hull can lie apart: half of a 400 m ship at 10 m pixels.
+RIDGE_REACH_PX = 20
+# Weaker maxima are noise at every threshold in use (mining 0.15, detection 0.25 and up).
+RIDGE_MIN_SCORE = 0.1
 
 
 class DetectorError(ValueError):
@@ -397,17 +401,29 @@ def _merge_ridge_peaks(
     ridge of heat that never falls below `ratio` of the weaker peak. A long hull often gives
     a ridge with two near-equal maxima a few pixels apart (the demo's Vostochny scene of
     2024-03-19: 0.521 and 0.521, 2 px apart, a 3 % dip between); two vessels give two hills
-    with a valley between."""
+    with a valley between. Kept peaks sit in a grid of RIDGE_REACH_PX cells, so each peak is
+    checked against its neighbours only: an untrained model at threshold 0 (hard-negative
+    mining) gives thousands of peaks a chip, and those under RIDGE_MIN_SCORE, below every
+    operating threshold, are kept as they are rather than checked."""
     kept: list[Peak] = []
+    grid: dict[tuple[int, int], list[Peak]] = {}
+    cell = RIDGE_REACH_PX
     for p in sorted(peaks, key=lambda p: -p.score):
-        if not any(_on_ridge(q, p, heat, ratio) for q in kept):
+        if p.score < RIDGE_MIN_SCORE:
             kept.append(p)
+            continue
+        cx, cy = int(p.x // cell), int(p.y // cell)
+        near = (q for dx in (-1, 0, 1) for dy in (-1, 0, 1)
+                for q in grid.get((cx + dx, cy + dy), ()))
+        if not any(_on_ridge(q, p, heat, ratio) for q in near):
+            kept.append(p)
+            grid.setdefault((cx, cy), []).append(p)
     return kept
 
 
 def _on_ridge(strong: Peak, weak: Peak, heat: torch.Tensor, ratio: float) -> bool:
     dist = math.hypot(weak.x - strong.x, weak.y - strong.y)
-    if dist > max(strong.length_px / 2, 1.5):
+    if dist > min(max(strong.length_px / 2, 1.5), RIDGE_REACH_PX):
         return False
     steps = max(2, math.ceil(dist * 2))
     t = torch.linspace(0, 1, steps + 1)
