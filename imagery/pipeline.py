@@ -165,8 +165,11 @@ def run_pass(
 ) -> RunReport:
     """One pass over `ports`: fetch what is new, then process every stored scene not done
     (`tta`: detect with the eight orientations of each chip averaged)."""
+    from imagery.models import resolve_weights
+
     report = RunReport()
     with run_lock(ws):
+        weights = resolve_weights(ws, weights)  # the workspace's promoted model by default
         for port in ports:
             if source is not None:
                 _fetch_new(ws, port, source, start, end, max_cloud, report, progress)
