@@ -255,7 +255,10 @@ def gate(current_weights: str, candidate_weights: str, held: list[Path], base: l
          cfg: RetrainConfig, current_threshold: float) -> dict:
     """Both models' figures and the decision."""
     cur_preds = predict_folders(current_weights, held)
-    cand_preds = predict_folders(candidate_weights, held)
+    try:
+        cand_preds = predict_folders(candidate_weights, held)
+    except (OverflowError, ValueError, RuntimeError) as exc:  # e.g. sizes that overflow exp
+        return _unscorable(current_threshold, f"{type(exc).__name__}: {exc}")
     cur_t, cur_best = best_threshold(cur_preds)
     cand_t, cand_best = best_threshold(cand_preds)
     result = {
@@ -286,6 +289,12 @@ def gate(current_weights: str, candidate_weights: str, held: list[Path], base: l
     return result
 
 
+def _unscorable(current_threshold: float, why: str) -> dict:
+    return {"heldout": {}, "promoted": False, "threshold": current_threshold,
+            "decision": f"refused: the candidate's detections could not be scored ({why})",
+            "reasons": [why]}
+
+
 # --- the command ------------------------------------------------------------------------------
 
 
@@ -309,7 +318,10 @@ def retrain(workspace: str | Path | None, data_dirs: list[str] | None = None,
 def _retrain_locked(ws, parent, base_folders, cfg, scratch, progress, start) -> RetrainResult:
     exported, skipped = export_reviewed(ws, scratch / "export")
     if not exported:
-        why = "; ".join(skipped) if skipped else "no scene has a review yet"
+        why = "no scene has a review yet"
+        if skipped:
+            more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
+            why = f"every reviewed scene skipped: {skipped[0]}{more}"
         raise RetrainError(f"{ws.root}: no reviewed scene to learn from ({why})")
     labelled = sum(count_labels(f) for _, _, f in exported)
     if labelled < 2:
@@ -358,7 +370,10 @@ def _threshold(model: registry.ModelRecord, ws: Workspace) -> float:
 
 def format_result(r: RetrainResult) -> str:
     held = r.metrics["heldout"]
-    lines = [f"candidate {r.name}: {r.decision} ({r.seconds:.0f} s)",
+    lines = [f"candidate {r.name}: {r.decision} ({r.seconds:.0f} s)"]
+    if not held:
+        return lines[0]
+    lines += [
              f"  held-out reviews ({r.training_data['heldout']}): "
              f"current F1 {held['current']['f1']:.3f} at {held['current']['threshold']:.2f} "
              f"(tp {held['current']['tp']}, fp {held['current']['fp']}, "

@@ -1,0 +1,233 @@
+"""The learning loop on SIMULATED scenes: review -> retrain -> gate -> promote, the gate
+refusing a worse candidate, rollback, bad input, and the registry surviving SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from imagery import models
+from imagery.pipeline import open_workspace, run_pass
+from imagery.ports import get_port
+from training.replay import replay_folder
+from training.retrain import RetrainConfig, RetrainError, best_threshold, predict_folders, retrain
+from training.simulated import write_simulated_labelled
+
+START = datetime(2024, 4, 1, 1, 50, tzinfo=UTC)
+# Tiny and fast: the tiny model's widths, 64 px crops, one thread.
+FAST = dict(batch=8, crop=64, threads=1, lr=1e-2, warmup=5)
+
+
+def _adopt(ws, weights: Path) -> str:
+    """Make test weights the workspace's promoted model."""
+    from imagery.detector import get_weights
+
+    dest = ws.root / "models"
+    dest.mkdir(parents=True, exist_ok=True)
+    for suffix in (".pt", ".json"):
+        shutil.copyfile(weights.with_suffix(suffix), dest / f"{weights.stem}{suffix}")
+    entry = get_weights(dest / f"{weights.stem}.pt")
+    models.register(ws, name=weights.stem, sha256=entry.sha256, path=entry.path,
+                    parent="berthnet-s2", training_data={}, metrics={},
+                    threshold=entry.threshold, promote=True)
+    return str(entry.path)
+
+
+def _sim(root: Path, k: int) -> Path:
+    return write_simulated_labelled(get_port("chongjin"), START + timedelta(days=3 * k),
+                                    root / f"sim-{k}", seed=100 + k)
+
+
+@pytest.fixture(scope="module")
+def weak_weights(simulated_labelled, tmp_path_factory) -> Path:
+    """The tiny test model's architecture after only 20 steps: a model with much to learn."""
+    import torch
+
+    from training.chips import CropConfig, load_labelled
+    from training.export import save_weights
+    from training.train import Recipe, fit
+
+    torch.set_num_threads(1)
+    recipe = Recipe(steps=20, mine_steps=0, batch=4, widths=(8, 8, 16, 16), warmup=5, lr=1e-2,
+                    crop=CropConfig(size=64))
+    model = fit(load_labelled([simulated_labelled]), recipe, progress=False)
+    out = tmp_path_factory.mktemp("weak") / "weak-test.pt"
+    save_weights(model, out, {"name": "weak-test", "threshold": 0.1})
+    return out
+
+
+@pytest.fixture(scope="module")
+def reviewed(weak_weights, tmp_path_factory) -> tuple[Path, list[Path]]:
+    """A workspace whose weak model's detections on 4 simulated scenes (4 dates) were
+    reviewed by the replayed analyst; and the labelled folders (simulator truth) of the two
+    latest, which retrain holds out."""
+    root = tmp_path_factory.mktemp("loop")
+    ws = open_workspace(root / "ws")
+    weights = _adopt(ws, weak_weights)
+    for k in range(4):
+        replay_folder(ws, _sim(root, k), f"sim-scene-{k}", "chongjin",
+                      START + timedelta(days=3 * k), weights)
+    return ws.root, [root / "sim-2", root / "sim-3"]
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    """A copy of a workspace, its scene paths moved along (they are stored absolute)."""
+    shutil.copytree(src, dest)
+    conn = sqlite3.connect(dest / "berthwatch.sqlite")
+    with conn:
+        conn.execute("UPDATE scenes SET path = replace(path, ?, ?)", (str(src), str(dest)))
+    conn.close()
+    return dest
+
+
+def _rows(ws_root: Path) -> list[tuple]:
+    conn = sqlite3.connect(ws_root / "berthwatch.sqlite")
+    try:
+        return conn.execute("SELECT * FROM models ORDER BY name").fetchall()
+    finally:
+        conn.close()
+
+
+def test_loop_improves_the_model_on_unseen_scenes_and_rollback_restores(
+        reviewed, simulated_labelled, tmp_path):
+    ws_root, held_truth = reviewed
+    ws_root = _copy(ws_root, tmp_path / "ws")
+    ws = open_workspace(ws_root)
+    before = models.active_model(ws)
+    result = retrain(ws_root, [str(simulated_labelled)], RetrainConfig(steps=200, **FAST),
+                     progress=False)
+    assert result.promoted, result.decision
+    assert result.training_data["heldout"].startswith("by acquisition date")
+    assert len(result.training_data["reviewed_scenes"]) == 4
+    assert result.training_data["heldout_folders"] == ["sim-scene-2", "sim-scene-3"]
+    held = result.metrics["heldout"]
+    assert held["candidate"]["f1"] > held["current"]["f1"]
+    now = models.active_model(ws)
+    assert now.name == result.name and now.parent == before.name
+    # Better on the held-out scenes against the simulator's truth (not the reviews' outlines),
+    # each model at its best threshold there.
+    _, old = best_threshold(predict_folders(before.weights(ws), held_truth))
+    _, new = best_threshold(predict_folders(now.weights(ws), held_truth))
+    assert new["f1"] > old["f1"], (old, new)
+    # Rollback: the tiny model again, and `run` uses it.
+    rolled, using = models.rollback(ws)
+    assert rolled.name == result.name and using.name == before.name
+    assert {r[0]: r[-1] for r in _rows(ws_root)}[result.name] == "rolled-back"
+    fresh = write_simulated_labelled(get_port("chongjin"), START + timedelta(days=40),
+                                     tmp_path / "fresh", seed=7)
+    ws.record_scene(scene_id="fresh", port="chongjin", source="sim",
+                    acquisition_time=START + timedelta(days=40), status="stored",
+                    path=_into(ws_root, fresh))
+    run_pass(ws, [get_port("chongjin")], None, START, START, progress=False)
+    conn = sqlite3.connect(ws_root / "berthwatch.sqlite")
+    sha = conn.execute("SELECT weights_sha256 FROM processing WHERE scene_id = 'fresh'"
+                       ).fetchone()[0]
+    conn.close()
+    assert sha == before.sha256
+
+
+def _into(ws_root: Path, folder: Path) -> Path:
+    dest = ws_root / "scenes" / "chongjin" / f"{folder.name}.tif"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(folder / "scene.tif", dest)
+    return dest
+
+
+def test_gate_refuses_a_worse_candidate(reviewed, tmp_path):
+    ws_root = _copy(reviewed[0], tmp_path / "ws")
+    before = _rows(ws_root)
+    # A learning rate that spoils the weights: the candidate is worse and refused.
+    cfg = RetrainConfig(steps=15, **{**FAST, "lr": 0.3, "warmup": 1})
+    result = retrain(ws_root, None, cfg, progress=False)
+    assert result.decision == "refused: not better on the held-out reviews"
+    held = result.metrics["heldout"]
+    assert held["candidate"]["f1"] <= held["current"]["f1"]
+    ws = open_workspace(ws_root)
+    assert models.active_model(ws).name == "weak-test"
+    after = {r[0]: r for r in _rows(ws_root)}
+    assert after[result.name][-1] == "candidate"
+    assert [after[r[0]] for r in before] == before  # nothing else changed
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imagery.cli", *args], capture_output=True,
+                          text=True, env=os.environ.copy())
+
+
+def test_bad_input_one_line_nonzero_nothing_changed(reviewed, tmp_path):
+    empty = tmp_path / "empty"
+    done = _cli("retrain", "--workspace", str(empty))
+    assert done.returncode == 2 and "no reviewed scene" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    ws_root = _copy(reviewed[0], tmp_path / "ws")
+    before = _rows(ws_root)
+    not_labelled = tmp_path / "notlabelled" / "x"
+    not_labelled.mkdir(parents=True)
+    (not_labelled / "scene.tif").write_bytes(b"")
+    for data, words in ((tmp_path / "missing", "no such directory"),
+                        (not_labelled.parent, "no labels.geojson")):
+        done = _cli("retrain", "--workspace", str(ws_root), "--data", str(data))
+        assert done.returncode == 2 and words in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    # The scenes deleted: every reviewed scene is skipped, one line names why.
+    shutil.rmtree(ws_root / "scenes")
+    done = _cli("retrain", "--workspace", str(ws_root))
+    assert done.returncode == 2 and "file missing" in done.stderr, done.stderr
+    assert _rows(ws_root) == before
+
+
+def test_single_vessel_is_refused(tiny_weights, tmp_path):
+    ws = open_workspace(tmp_path / "ws")
+    weights = _adopt(ws, tiny_weights)
+    folder = _sim(tmp_path, 0)
+    doc = (folder / "labels.geojson").read_text()
+    import json
+
+    labels = json.loads(doc)
+    labels["features"] = labels["features"][:1]
+    (folder / "labels.geojson").write_text(json.dumps(labels))
+    replay_folder(ws, folder, "one", "chongjin", START, weights, threshold=0.99)
+    before = _rows(ws.root)
+    with pytest.raises(RetrainError, match="label 1 vessel"):
+        retrain(ws.root, None, RetrainConfig(steps=5, **FAST), progress=False)
+    assert _rows(ws.root) == before
+
+
+def test_two_retrains_refused_by_the_lock(reviewed, tmp_path):
+    from imagery.pipeline import run_lock
+
+    ws_root = _copy(reviewed[0], tmp_path / "ws")
+    with run_lock(open_workspace(ws_root)):
+        done = _cli("retrain", "--workspace", str(ws_root))
+    assert done.returncode == 2 and "another berthwatch run" in done.stderr
+
+
+def test_registry_survives_sigkill_during_retrain(reviewed, tmp_path):
+    ws_root = _copy(reviewed[0], tmp_path / "ws")
+    before = _rows(ws_root)
+    proc = subprocess.Popen([sys.executable, "-m", "imagery.cli", "retrain", "--workspace",
+                             str(ws_root), "--steps", "100000", "--threads", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ.copy())
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # killed once training is under way
+        if line.startswith("retrain from") or time.monotonic() > deadline:
+            break
+    time.sleep(2.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _rows(ws_root) == before
+    ws = open_workspace(ws_root)
+    assert models.active_model(ws).name == "weak-test"
+    assert sorted(p.name for p in (ws_root / "models").iterdir()) == ["weak-test.json",
+                                                                     "weak-test.pt"]
