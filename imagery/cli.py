@@ -215,7 +215,32 @@ def _run_once(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.redetect:
+        return _redetect(args)
     return _run_once(args)
+
+
+def _redetect(args: argparse.Namespace) -> int:
+    from imagery.detector import DetectorError
+    from imagery.pipeline import RunLocked, open_workspace
+    from imagery.redetect import redetect
+
+    ports = [_port(args)] if args.port else list(_ports(args).values())
+    try:
+        report = redetect(open_workspace(args.workspace), ports, args.weights, args.since,
+                          args.threshold)
+    except (RunLocked, DetectorError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"redetected {len(report.scenes)} scene(s) with weights "
+          f"{report.weights_sha256[:12]}...; {report.unchanged} already used them; alerts kept "
+          f"{report.kept}, added {len(report.added)}, dropped {len(report.dropped)}")
+    for alert_id in report.added:
+        print(f"    added   {alert_id}")
+    for alert_id in report.dropped:
+        print(f"    dropped {alert_id}")
+    for scene_id, reason in report.failed.items():
+        print(f"    failed {scene_id}: {reason}")
+    return 1 if report.failed else 0
 
 
 def _interval(text: str) -> timedelta:
@@ -560,6 +585,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--threshold", type=float)
         p.add_argument("--tta", action="store_true",
                        help="detect with eight orientations of each chip averaged (~7x slower)")
+        if name == "run":
+            p.add_argument("--redetect", action="store_true",
+                           help="reprocess stored scenes (since --since) with the model in use; "
+                                "verdicts stay attached, alerts added or dropped are listed")
         if name == "watch":
             p.add_argument("--every", type=_interval, default=_interval("6h"))
             p.add_argument("--max-passes", type=int, default=0, help=argparse.SUPPRESS)

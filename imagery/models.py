@@ -129,7 +129,7 @@ def resolve_weights(ws: Workspace | None, weights: str | None) -> str | None:
     return str(path)
 
 
-def register(ws: Workspace, *, name: str, sha256: str, path: Path, parent: str,
+def register(ws: Workspace, *, name: str, sha256: str, path: Path, parent: str | None,
              training_data: dict, metrics: dict, threshold: float, promote: bool) -> None:
     """Register a candidate whose files are already written, promoted or not, in ONE
     transaction: a process killed before it leaves the registry as it was."""

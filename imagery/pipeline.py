@@ -13,7 +13,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -239,9 +239,11 @@ def _record_failure(ws: Workspace, scene_id: str, reason: str) -> None:
 
 
 def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
-                  gates: Gates, tta: bool = False) -> SceneReconciliation:
+                  gates: Gates, tta: bool = False,
+                  number: Callable[[dict], None] | None = None) -> SceneReconciliation:
     """Detect, reconcile and store one scene; returns the reconciliation (its `unmatched`
-    are the alerts)."""
+    are the alerts). `number` may set each feature's `det_id` (re-detection keeps the ids of
+    vessels found again, so verdicts stay attached); by default they are numbered in order."""
     from imagery.detector import detect_scene
 
     scene_id = scene["scene_id"]
@@ -249,6 +251,8 @@ def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
     geojson_path = out_dir / f"{_safe(scene_id)}.geojson"
     collection = detect_scene(scene["path"], geojson_path, port=port, threshold=threshold,
                               weights=weights, progress=False, tta=tta)
+    if number is not None:
+        number(collection)
     top = collection["properties"]
     when = datetime.fromisoformat(scene["acquisition_time"].replace("Z", "+00:00"))
     detections = _detections(collection)
@@ -275,8 +279,8 @@ def _detections(collection: dict) -> list[Detection]:
     for i, feature in enumerate(collection["features"]):
         p = feature["properties"]
         lon, lat = feature["geometry"]["coordinates"][:2]
-        out.append(Detection(i, lon, lat, p["score"], p.get("length_m"), bool(p["berthed"]),
-                             p.get("zone"), p.get("px_x"), p.get("px_y")))
+        out.append(Detection(p.get("det_id", i), lon, lat, p["score"], p.get("length_m"),
+                             bool(p["berthed"]), p.get("zone"), p.get("px_x"), p.get("px_y")))
     return out
 
 
@@ -383,7 +387,8 @@ def _store(ws, port, scene, result: SceneReconciliation, collection, chips,
             conn.execute(f"DELETE FROM {table} WHERE scene_id = ?", (sid,))
         conn.executemany(
             "INSERT INTO detections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [_detection_row(sid, i, f) for i, f in enumerate(collection["features"])],
+            [_detection_row(sid, f["properties"].get("det_id", i), f)
+             for i, f in enumerate(collection["features"])],
         )
         conn.executemany(
             "INSERT INTO zone_counts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -18,7 +18,7 @@ import pytest
 from imagery import models
 from imagery.pipeline import open_workspace, run_pass
 from imagery.ports import get_port
-from training.replay import replay_folder
+from training.replay import adopt, replay_folder
 from training.retrain import RetrainConfig, RetrainError, best_threshold, predict_folders, retrain
 from training.simulated import write_simulated_labelled
 
@@ -28,18 +28,7 @@ FAST = dict(batch=8, crop=64, threads=1, lr=1e-2, warmup=5)
 
 
 def _adopt(ws, weights: Path) -> str:
-    """Make test weights the workspace's promoted model."""
-    from imagery.detector import get_weights
-
-    dest = ws.root / "models"
-    dest.mkdir(parents=True, exist_ok=True)
-    for suffix in (".pt", ".json"):
-        shutil.copyfile(weights.with_suffix(suffix), dest / f"{weights.stem}{suffix}")
-    entry = get_weights(dest / f"{weights.stem}.pt")
-    models.register(ws, name=weights.stem, sha256=entry.sha256, path=entry.path,
-                    parent="berthnet-s2", training_data={}, metrics={},
-                    threshold=entry.threshold, promote=True)
-    return str(entry.path)
+    return adopt(ws, weights)
 
 
 def _sim(root: Path, k: int) -> Path:
@@ -231,3 +220,48 @@ def test_registry_survives_sigkill_during_retrain(reviewed, tmp_path):
     assert models.active_model(ws).name == "weak-test"
     assert sorted(p.name for p in (ws_root / "models").iterdir()) == ["weak-test.json",
                                                                      "weak-test.pt"]
+
+
+def test_redetect_keeps_verdicts_on_their_vessels_and_lists_alert_changes(
+        weak_weights, tiny_weights, tmp_path):
+    from imagery import review_db
+    from imagery.redetect import redetect
+
+    ws = open_workspace(tmp_path / "ws")
+    port = get_port("chongjin")
+    for k in range(2):
+        folder = _sim(tmp_path, k)
+        ws.record_scene(scene_id=f"s{k}", port="chongjin", source="sim",
+                        acquisition_time=START + timedelta(days=3 * k), status="stored",
+                        path=_into(ws.root, folder))
+    run_pass(ws, [port], None, START, START, weights=str(weak_weights), threshold=0.1,
+             progress=False)
+    conn = sqlite3.connect(ws.root / "berthwatch.sqlite")
+    before = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT alert_id, lon, lat FROM alerts")}
+    conn.close()
+    assert before
+    confirmed = sorted(before)[0]
+    review_db.ensure_schema(ws)
+    review_db.record(ws, scene_id=confirmed.split("#")[0], action="verdict", analyst="t",
+                     alert_id=confirmed, det_id=int(confirmed.split("#")[1]),
+                     verdict="confirmed")
+    report = redetect(ws, [port], str(tiny_weights), threshold=0.1, progress=False)
+    assert sorted(report.scenes) == ["s0", "s1"]
+    conn = sqlite3.connect(ws.root / "berthwatch.sqlite")
+    after = {r[0]: (r[1], r[2]) for r in conn.execute("SELECT alert_id, lon, lat FROM alerts")}
+    shas = {r[0] for r in conn.execute("SELECT weights_sha256 FROM processing")}
+    conn.close()
+    assert shas == {report.weights_sha256}
+    assert sorted(report.added) == sorted(set(after) - set(before))
+    assert sorted(report.dropped) == sorted(set(before) - set(after))
+    kept = set(before) & set(after)
+    assert report.kept == len(kept) > 0
+    from imagery.redetect import _metres
+
+    for alert_id in kept:  # the same id is the same vessel, found again
+        assert _metres(before[alert_id], after[alert_id]) <= 20.0
+    if confirmed in after:
+        assert review_db.get_alert(ws, confirmed)["status"] == "confirmed"
+    # A second pass has nothing to do: every scene already uses those weights.
+    again = redetect(ws, [port], str(tiny_weights), threshold=0.1, progress=False)
+    assert again.scenes == [] and again.unchanged == 2

@@ -110,3 +110,21 @@ def replay_folder(ws: Workspace, folder: Path, scene_id: str, port: str, when: d
         record(ws, scene_id=scene_id, action="add", analyst=ANALYST,
                payload={"px_x": cg.x, "px_y": cg.y, "lon": c.x, "lat": c.y})
     return Replayed(scene_id, n, len(pairs), n - len(pairs), len(ships) - len(found))
+
+
+def adopt(ws: Workspace, weights: str | Path) -> str:
+    """Copy weights (.pt + .json) into the workspace and make them its promoted model, as if
+    a retrain had promoted them; returns the copy's path."""
+    from imagery import models
+    from imagery.detector import get_weights
+
+    source = get_weights(weights)
+    dest = ws.root / "models"
+    dest.mkdir(parents=True, exist_ok=True)
+    for suffix in (".pt", ".json"):
+        shutil.copyfile(source.path.with_suffix(suffix), dest / f"{source.path.stem}{suffix}")
+    entry = get_weights(dest / f"{source.path.stem}.pt")
+    models.register(ws, name=entry.name, sha256=entry.sha256, path=entry.path,
+                    parent=None, training_data={}, metrics={}, threshold=entry.threshold,
+                    promote=True)
+    return str(entry.path)
