@@ -307,6 +307,8 @@ def retrain(workspace: str | Path | None, data_dirs: list[str] | None = None,
     ws = open_workspace(workspace)
     start = time.perf_counter()
     with run_lock(ws):
+        for stale in ws.root.glob(".retrain-*"):  # left by a retrain that was killed
+            shutil.rmtree(stale, ignore_errors=True)
         parent = registry.active_model(ws)
         scratch = Path(tempfile.mkdtemp(prefix=".retrain-", dir=ws.root))
         try:
@@ -333,7 +335,8 @@ def _retrain_locked(ws, parent, base_folders, cfg, scratch, progress, start) -> 
                            "labelled vessel on one side; review more vessels")
     if progress:
         print(f"retrain from {parent.name}: {len(exported)} reviewed scene(s), {labelled} "
-              f"labelled vessel(s), held out {how}; {len(base_folders)} base folder(s)")
+              f"labelled vessel(s), held out {how}; {len(base_folders)} base folder(s)",
+              flush=True)
     model, _ = load_state(parent.weights(ws))
     base = load_labelled(base_folders) if base_folders else []
     model = finetune(model, load_labelled(train_dirs), base, cfg, progress)
