@@ -265,3 +265,34 @@ def test_redetect_keeps_verdicts_on_their_vessels_and_lists_alert_changes(
     # A second pass has nothing to do: every scene already uses those weights.
     again = redetect(ws, [port], str(tiny_weights), threshold=0.1, progress=False)
     assert again.scenes == [] and again.unchanged == 2
+
+
+def test_detect_with_workspace_uses_the_promoted_model_and_refuses_an_altered_one(
+        tiny_weights, tmp_path, capsys):
+    import json
+
+    from imagery.cli import main
+
+    scene = Path(__file__).parent / "data" / "chongjin_64.tif"
+    ws = open_workspace(tmp_path / "ws")
+    path = Path(adopt(ws, tiny_weights))
+
+    def detected_by() -> str:
+        out = tmp_path / "d.geojson"
+        assert main(["detect", str(scene), "--workspace", str(ws.root), "--out", str(out)]) == 0
+        return json.loads(out.read_text())["properties"]["model"]
+
+    assert detected_by() == "tiny-test"
+    assert main(["models", "--workspace", str(ws.root)]) == 0
+    listing = capsys.readouterr().out
+    assert "* tiny-test" in listing and "berthnet-s2" in listing
+    assert main(["models", "rollback", "--workspace", str(ws.root)]) == 0
+    assert detected_by() == "berthnet-s2"
+    assert main(["models", "promote", "tiny-test", "--workspace", str(ws.root)]) == 0
+    assert detected_by() == "tiny-test"
+    path.write_bytes(path.read_bytes() + b"x")  # altered after promotion
+    capsys.readouterr()
+    assert main(["detect", str(scene), "--workspace", str(ws.root), "--out",
+                 str(tmp_path / "x.geojson")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sha256 differs" in err[0]
