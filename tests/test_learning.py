@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from shapely.geometry import shape
 
 from imagery import models
 from imagery.pipeline import open_workspace, run_pass
@@ -296,3 +297,40 @@ def test_detect_with_workspace_uses_the_promoted_model_and_refuses_an_altered_on
                  str(tmp_path / "x.geojson")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "sha256 differs" in err[0]
+
+
+def test_unreviewed_detections_are_not_taught_as_background(simulated_labelled, tmp_path):
+    """An `ignore` point (a detection nobody reviewed) is neither a vessel nor water: the
+    loss is masked around it, and only there."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from training.chips import CropConfig, _supervised, load_labelled_scene, sample_batch
+    from training.train import focal_loss
+
+    folder = tmp_path / "scene"
+    shutil.copytree(simulated_labelled / "chongjin", folder)
+    doc = json.loads((folder / "labels.geojson").read_text())
+    dropped = doc["features"].pop(0)  # a vessel nobody reviewed: an ignore point instead
+    centre = shape(dropped["geometry"]).centroid
+    doc["features"].append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [
+        centre.x, centre.y]}, "properties": {"ignore": True, "category": "unreviewed"}})
+    (folder / "labels.geojson").write_text(json.dumps(doc))
+    scene = load_labelled_scene(folder)
+    assert len(scene.ignore) == 1 and len(scene.ships) == len(doc["features"]) - 1
+    # A crop centred on the ignored vessel: the weight is 0 there, 1 far from it.
+    x, y = scene.ignore[0]
+    weight = torch.from_numpy(_supervised(scene, np.array([x, y]), np.eye(2), 64))[None, None]
+    assert (weight[0, 0, 28:36, 28:36] == 0).all() and (weight[0, 0, :8, :8] == 1).all()
+    batch = sample_batch(np.random.default_rng(0), [scene], 2, CropConfig(size=64))
+    assert batch["weight"].shape == batch["heat"].shape  # every batch of such scenes has one
+    batch = {"heat": torch.zeros(1, 1, 64, 64)}
+    # Firing on the ignored vessel costs nothing; firing there without the mask does.
+    logits = torch.full_like(batch["heat"], -4.0)
+    logits[:, :, 28:36, 28:36] = 4.0
+    masked = focal_loss(logits, batch["heat"], weight)
+    assert masked < focal_loss(logits, batch["heat"])
+    assert masked == pytest.approx(focal_loss(torch.full_like(logits, -4.0), batch["heat"],
+                                              weight).item(), rel=1e-4)
