@@ -338,7 +338,10 @@ def _retrain_locked(ws, parent, base_folders, cfg, scratch, progress, start) -> 
               f"labelled vessel(s), held out {how}; {len(base_folders)} base folder(s)",
               flush=True)
     model, _ = load_state(parent.weights(ws))
-    base = load_labelled(base_folders) if base_folders else []
+    try:
+        base = load_labelled(base_folders) if base_folders else []
+    except LabelsError as exc:
+        raise RetrainError(f"--data: {exc}") from None
     model = finetune(model, load_labelled(train_dirs), base, cfg, progress)
     name = f"retrain-{utc_now().replace(':', '').replace('-', '')}"
     candidate = scratch / "candidate" / name
