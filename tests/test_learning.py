@@ -87,7 +87,7 @@ def _rows(ws_root: Path) -> list[tuple]:
         conn.close()
 
 
-def test_loop_improves_the_model_on_unseen_scenes_and_rollback_restores(
+def test_loop_improves_the_model_on_held_out_scenes_and_rollback_restores(
         reviewed, simulated_labelled, tmp_path):
     ws_root, held_truth = reviewed
     ws_root = _copy(ws_root, tmp_path / "ws")
@@ -149,8 +149,16 @@ def test_gate_refuses_a_worse_candidate(reviewed, tmp_path):
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imagery.cli", *args], capture_output=True,
-                          text=True, env=os.environ.copy())
+    """`berthwatch ARGS` in this process (no torch import per call): exit status, stderr."""
+    import contextlib
+    import io
+
+    from imagery.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
 def test_bad_input_one_line_nonzero_nothing_changed(reviewed, tmp_path):
