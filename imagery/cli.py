@@ -198,7 +198,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
     port = get_port(args.port, args.ports) if args.port else None
     try:
         collection = detect_scene(args.scene, args.out, port=port, csv_path=args.csv,
-                                  threshold=args.threshold, weights=args.weights,
+                                  threshold=args.threshold, weights=_weights(args),
                                   threads=args.threads, min_length_m=args.min_length_m,
                                   tta=args.tta)
     except DetectorError as exc:
@@ -214,6 +214,16 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _weights(args: argparse.Namespace) -> str | None:
+    """--weights, else with --workspace the workspace's promoted model (imagery/models.py)."""
+    if args.weights or not args.workspace:
+        return args.weights
+    from imagery.models import resolve_weights
+    from imagery.pipeline import open_workspace
+
+    return resolve_weights(open_workspace(args.workspace), None)
+
+
 # --- run, watch, alerts ----------------------------------------------------------------------
 
 
@@ -223,6 +233,7 @@ def set_aside_line(count: int) -> str:
 
 
 def _run_once(args: argparse.Namespace) -> int:
+    from imagery.detector import DetectorError
     from imagery.pipeline import run_pass
 
     ports = [_port(args)] if args.port else list(_ports(args).values())
@@ -231,8 +242,11 @@ def _run_once(args: argparse.Namespace) -> int:
     start = args.since or end - timedelta(days=14)
     _check_order(start, end, "--since", "--until" if args.until else "now")
     ws = _writing_workspace(args, args.command, full_schema=True)
-    report = run_pass(ws, ports, source, start, end, max_cloud=args.max_cloud,
-                      weights=args.weights, threshold=args.threshold, tta=args.tta)
+    try:
+        report = run_pass(ws, ports, source, start, end, max_cloud=args.max_cloud,
+                          weights=args.weights, threshold=args.threshold, tta=args.tta)
+    except DetectorError as exc:  # e.g. a promoted model whose file was altered
+        raise UserError(str(exc)) from None
     fetched = ", ".join(f"{v} {k}" for k, v in sorted(report.fetched.items())) or "none new"
     print(f"scenes fetched: {fetched}; processed: {len(report.processed)}; "
           f"alerts: {report.alerts}; failed: {len(report.failed)}")
@@ -253,9 +267,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     from imagery.pipeline import RunLocked
 
     try:
-        return _run_once(args)
+        return _redetect(args) if args.redetect else _run_once(args)
     except RunLocked as exc:
         raise UserError(str(exc)) from None
+
+
+def _redetect(args: argparse.Namespace) -> int:
+    from imagery.detector import DetectorError
+    from imagery.pipeline import RunLocked
+    from imagery.redetect import redetect
+
+    ports = [_port(args)] if args.port else list(_ports(args).values())
+    ws = _writing_workspace(args, args.command, full_schema=True)
+    try:
+        report = redetect(ws, ports, args.weights, args.since,
+                          args.threshold)
+    except (RunLocked, DetectorError) as exc:
+        raise UserError(str(exc)) from None
+    print(f"redetected {len(report.scenes)} scene(s) with weights "
+          f"{report.weights_sha256[:12]}...; {report.unchanged} already used them; alerts kept "
+          f"{report.kept}, added {len(report.added)}, dropped {len(report.dropped)}")
+    for alert_id in report.added:
+        print(f"    added   {alert_id}")
+    for alert_id in report.dropped:
+        print(f"    dropped {alert_id}")
+    for scene_id, reason in report.failed.items():
+        print(f"    failed {scene_id}: {reason}")
+    return 1 if report.failed else 0
 
 
 def _interval(text: str) -> timedelta:
@@ -542,6 +580,64 @@ def _training_command(run: Callable, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from imagery.detector import DetectorError
+    from imagery.pipeline import RunLocked
+    from training.retrain import RetrainConfig, RetrainError, format_result, retrain
+
+    cfg = RetrainConfig(steps=args.steps, threads=args.threads, noise=args.noise,
+                        benchmark=args.benchmark, seed=args.seed, device=args.device)
+    try:
+        result = retrain(args.workspace, args.data, cfg)
+    except (RetrainError, RunLocked, DetectorError) as exc:
+        raise UserError(str(exc)) from None
+    print(format_result(result))
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from imagery import models
+    from imagery.pipeline import open_workspace
+
+    ws = open_workspace(args.workspace)
+    try:
+        if args.models_command == "promote":
+            now = models.promote(ws, args.name)
+            print(f"{ws.root}: now using {now.name} (sha256 {now.sha256[:12]}...)")
+        elif args.models_command == "rollback":
+            old, now = models.rollback(ws)
+            print(f"{ws.root}: rolled back {old.name}; now using {now.name} "
+                  f"(sha256 {now.sha256[:12]}...)")
+        else:
+            print(models.format_models(ws))
+    except models.ModelsError as exc:
+        raise UserError(str(exc)) from None
+    return 0
+
+
+def _add_learning_parsers(add: Callable) -> None:
+    p = add("retrain", cmd_retrain, "fine-tune the workspace's model on its reviewed scenes, "
+            "gate it on held-out reviews, register it (promoted only if better)")
+    p.add_argument("--data", nargs="+", metavar="DIR", default=[],
+                   help="base labelled folders mixed into training so it does not forget "
+                        "(e.g. ../shared/data/sen2ships)")
+    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (default 300)")
+    p.add_argument("--noise", type=float, default=0.03,
+                   help="F1 loss on the --data folders still counted as not worse (0.03)")
+    p.add_argument("--benchmark", choices=("in-sample", "none"), default="in-sample",
+                   help="score both models on the --data folders (default) or not")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
+    p = add("models", cmd_models, "the workspace's models: list, promote NAME, rollback")
+    actions = p.add_subparsers(dest="models_command", metavar="ACTION")
+    promote = actions.add_parser("promote", help="use NAME from now on")
+    promote.add_argument("name")
+    rollback = actions.add_parser("rollback", help="return to the model in use before this one")
+    for action in (promote, rollback):  # --workspace after the action too
+        action.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS)
+
+
 def _add_training_parsers(add: Callable, command: str | None) -> None:
     # Their options live in `training`, which imports torch: only load it when it is asked
     # for, so that `berthwatch ports` stays instant.
@@ -612,7 +708,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--min-length-m", type=float, metavar="M",
                    help="drop vessels estimated shorter than M metres (default: the model's; "
                         "0 keeps small boats)")
-    p.add_argument("--weights", help="weights name or .pt file (default: the shipped model)")
+    p.add_argument("--weights", help="weights name or .pt file (default: the shipped model, or "
+                   "with --workspace the workspace's promoted model)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--tta", action="store_true",
                    help="average the model over eight orientations of each chip (~7x slower; "
@@ -637,11 +734,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
         p.add_argument("--tta", action="store_true",
                        help="detect with eight orientations of each chip averaged (~7x slower)")
+        if name == "run":
+            p.add_argument("--redetect", action="store_true",
+                           help="reprocess stored scenes (since --since) with the model in use; "
+                                "verdicts stay attached, alerts added or dropped are listed")
         if name == "watch":
             p.add_argument("--every", type=_interval, default=_interval("6h"),
                            help="interval between passes, e.g. 30m, 6h, 1d (default 6h)")
             p.add_argument("--max-passes", type=int, default=0, help=argparse.SUPPRESS)
     _add_training_parsers(add, command)
+    _add_learning_parsers(add)
     p = add("demo", cmd_demo, "run the whole pipeline offline on SIMULATED data")
     p.add_argument("--seed", type=int, default=7, help="seed of the simulation (default 7)")
     p.add_argument("--weights", help="weights name or .pt file (default: the shipped model)")

@@ -17,7 +17,7 @@ import fcntl
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -202,8 +202,11 @@ def run_pass(
 ) -> RunReport:
     """One pass over `ports`: fetch what is new, then process every stored scene not done
     (`tta`: detect with the eight orientations of each chip averaged)."""
+    from imagery.models import resolve_weights
+
     report = RunReport()
     with run_lock(ws):
+        weights = resolve_weights(ws, weights)  # the workspace's promoted model by default
         try:
             for port in ports:
                 if source is not None:
@@ -371,9 +374,11 @@ def _remove_temp_files(ws: Workspace, port: Port, scene_id: str) -> None:
 
 
 def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
-                  gates: Gates, tta: bool = False) -> SceneReconciliation:
+                  gates: Gates, tta: bool = False,
+                  number: Callable[[dict], None] | None = None) -> SceneReconciliation:
     """Detect, reconcile and store one scene; returns the reconciliation (its `unmatched`
-    are the alerts)."""
+    are the alerts). `number` may set each feature's `det_id` (re-detection keeps the ids of
+    vessels found again, so verdicts stay attached); by default they are numbered in order."""
     from imagery.detector import detect_scene
 
     scene_id = scene["scene_id"]
@@ -382,6 +387,8 @@ def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
     geojson_path = out_dir / f"{file_stem(scene_id)}.geojson"
     collection = detect_scene(scene["path"], geojson_path, port=port, threshold=threshold,
                               weights=weights, progress=False, tta=tta)
+    if number is not None:
+        number(collection)
     top = collection["properties"]
     when = datetime.fromisoformat(scene["acquisition_time"].replace("Z", "+00:00"))
     detections = _detections(collection)
@@ -416,8 +423,8 @@ def _detections(collection: dict) -> list[Detection]:
     for i, feature in enumerate(collection["features"]):
         p = feature["properties"]
         lon, lat = feature["geometry"]["coordinates"][:2]
-        out.append(Detection(i, lon, lat, p["score"], p.get("length_m"), bool(p["berthed"]),
-                             p.get("zone"), p.get("px_x"), p.get("px_y")))
+        out.append(Detection(p.get("det_id", i), lon, lat, p["score"], p.get("length_m"),
+                             bool(p["berthed"]), p.get("zone"), p.get("px_x"), p.get("px_y")))
     return out
 
 
@@ -533,7 +540,8 @@ def _store(ws, port, scene, result: SceneReconciliation, collection, chips,
             conn.execute(f"DELETE FROM {table} WHERE scene_id = ?", (sid,))
         conn.executemany(
             "INSERT INTO detections VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [_detection_row(sid, i, f) for i, f in enumerate(collection["features"])],
+            [_detection_row(sid, f["properties"].get("det_id", i), f)
+             for i, f in enumerate(collection["features"])],
         )
         conn.executemany(
             "INSERT INTO zone_counts VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

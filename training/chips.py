@@ -4,7 +4,8 @@ A labelled folder holds `scene.tif` (the scene format, any subset of the bands) 
 `labels.geojson`: WGS84 Polygons (or MultiPolygons) outline vessels (the sen2ships layout);
 analysts' exported chips use the same layout and may add Point features, either positive
 (a vessel with no outline) or negative (`"negative": true`, or `label`/`category` naming a
-non-vessel) to teach the model what is not a vessel.
+non-vessel) to teach the model what is not a vessel, or `"ignore": true`: a detection nobody
+reviewed, around which the loss is masked (it may be a vessel: never teach it as background).
 
 Crops are sampled straight from the scene in memory with one affine `grid_sample`: pixel-size
 jitter (8-10 m), any rotation and a flip in one resampling, so labels stay exact.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ from shapely.geometry.base import BaseGeometry
 from imagery.detector import PIXEL_RANGE_M, water_mask
 from imagery.scene import SCENE_BANDS, SceneInfo, open_scene, read_reflectance
 
+IGNORE_RADIUS_M = 60.0  # around an unreviewed detection: a large hull's half length and more
 NEGATIVE_LABELS = {"negative", "not_ship", "not_vessel", "no_vessel", "false_positive", "none"}
 # Haze adds most in the blue and least in the SWIR (Rayleigh and aerosol scattering).
 HAZE_SPECTRUM = np.array([1.0, 0.8, 0.6, 0.4, 0.2], dtype=np.float32)
@@ -59,6 +61,8 @@ class LabelledScene:
     ships: list[Ship]
     negatives: np.ndarray  # (M, 2) pixel x, y
     coast: np.ndarray  # (K, 2) pixel x, y near the water's edge: quays, piers, beaches
+    # (J, 2) pixel x, y of unreviewed detections: no supervision within IGNORE_RADIUS_M of them
+    ignore: np.ndarray = field(default_factory=lambda: np.zeros((0, 2)))
 
     @property
     def pixel_m(self) -> float:
@@ -102,8 +106,9 @@ def ship_from_polygon(poly: BaseGeometry) -> Ship:
     return Ship(centre.x, centre.y, float(lengths.max()), float(lengths.min()), angle)
 
 
-def read_labels(path: Path, info: SceneInfo) -> tuple[list, list[Ship], np.ndarray]:
-    """Polygons (scene CRS), ships (pixel coordinates) and negative points from a labels file."""
+def read_labels(path: Path, info: SceneInfo) -> tuple[list, list[Ship], np.ndarray, np.ndarray]:
+    """Polygons (scene CRS), ships (pixel coordinates), negative points and ignored points
+    (unreviewed detections) from a labels file."""
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
@@ -116,7 +121,7 @@ def read_labels(path: Path, info: SceneInfo) -> tuple[list, list[Ship], np.ndarr
         col, row = inverse * (np.asarray(x), np.asarray(y))
         return np.column_stack([col, row])
 
-    polygons, ships, negatives = [], [], []
+    polygons, ships, negatives, ignore = [], [], [], []
     for i, feat in enumerate(doc.get("features") or []):
         props = feat.get("properties") or {}
         try:
@@ -126,7 +131,9 @@ def read_labels(path: Path, info: SceneInfo) -> tuple[list, list[Ship], np.ndarr
         pixel_geom = shapely.transform(geom, to_pixels)
         if geom.geom_type == "Point":
             xy = (pixel_geom.x, pixel_geom.y)
-            if _is_negative(props):
+            if props.get("ignore") is True:
+                ignore.append(xy)
+            elif _is_negative(props):
                 negatives.append(xy)
             else:
                 ships.append(Ship(xy[0], xy[1], 0.0, 0.0, 0.0))
@@ -134,7 +141,8 @@ def read_labels(path: Path, info: SceneInfo) -> tuple[list, list[Ship], np.ndarr
             polygons.append(shapely.transform(geom, lambda xy: np.column_stack(
                 to_scene.transform(xy[:, 0], xy[:, 1]))))
             ships.append(ship_from_polygon(pixel_geom))
-    return polygons, ships, np.asarray(negatives, dtype=np.float64).reshape(-1, 2)
+    return (polygons, ships, np.asarray(negatives, dtype=np.float64).reshape(-1, 2),
+            np.asarray(ignore, dtype=np.float64).reshape(-1, 2))
 
 
 def load_labelled_scene(folder: str | os.PathLike) -> LabelledScene:
@@ -143,7 +151,7 @@ def load_labelled_scene(folder: str | os.PathLike) -> LabelledScene:
     labels = folder / "labels.geojson"
     if not labels.exists():
         raise LabelsError(f"{labels}: missing (every labelled folder needs labels.geojson)")
-    polygons, ships, negatives = read_labels(labels, info)
+    polygons, ships, negatives, ignore = read_labels(labels, info)
     reflectance = read_reflectance(info, SCENE_BANDS)
     coast = coast_pixels(reflectance)
     image = np.nan_to_num(reflectance, nan=0.0)
@@ -164,6 +172,7 @@ def load_labelled_scene(folder: str | os.PathLike) -> LabelledScene:
         ships=ships,
         negatives=negatives,
         coast=coast,
+        ignore=ignore,
     )
 
 
@@ -304,11 +313,26 @@ def _targets(ships: list[Ship], centre, lin: np.ndarray, size: int, cfg: CropCon
     return heat, reg, reg_w
 
 
+def _supervised(scene: LabelledScene, centre, lin: np.ndarray, size: int) -> np.ndarray:
+    """1 where the loss applies, 0 within IGNORE_RADIUS_M of an unreviewed detection."""
+    weight = np.ones((size, size), dtype=np.float32)
+    inv = np.linalg.inv(lin)
+    radius = IGNORE_RADIUS_M / scene.pixel_m / math.sqrt(abs(np.linalg.det(lin)))
+    grid = np.arange(size, dtype=np.float32) + 0.5
+    for x, y in scene.ignore:
+        q = inv @ np.array([x - centre[0], y - centre[1]]) + size / 2
+        near = (grid[None, :] - q[0]) ** 2 + (grid[:, None] - q[1]) ** 2 <= radius**2
+        weight[near] = 0.0
+    return weight
+
+
 def sample_batch(
     rng: np.random.Generator, scenes: list[LabelledScene], batch: int, cfg: CropConfig
 ) -> dict[str, torch.Tensor]:
-    """A batch of augmented crops with their targets."""
+    """A batch of augmented crops with their targets; with a `weight` map (0: no loss there)
+    when a scene has unreviewed detections."""
     images, presents, masks, heats, regs, reg_ws = [], [], [], [], [], []
+    weights = []
     for _ in range(batch):
         i, cx, cy = _pick_centre(rng, scenes, cfg)
         scene = scenes[i]
@@ -327,7 +351,10 @@ def sample_batch(
         heats.append(torch.from_numpy(heat)[None])
         regs.append(torch.from_numpy(reg))
         reg_ws.append(torch.from_numpy(reg_w)[None])
-    return {
+        weight = _supervised(scene, centre, lin, cfg.size)
+        weight[heat > 0.01] = 1.0  # a labelled vessel is always taught, whatever is near it
+        weights.append(torch.from_numpy(weight)[None])
+    out = {
         "image": torch.stack(images),
         "present": torch.stack(presents),
         "mask": torch.stack(masks),
@@ -335,3 +362,8 @@ def sample_batch(
         "reg": torch.stack(regs),
         "reg_w": torch.stack(reg_ws),
     }
+    # Only when needed, so that batches without unreviewed detections train bit for bit as
+    # before (the shipped weights' recipe stays reproducible).
+    if any(len(s.ignore) for s in scenes):
+        out["weight"] = torch.stack(weights)
+    return out

@@ -83,21 +83,33 @@ class Recipe:
         return cls(**kwargs, crop=crop)
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CenterNet's penalty-reduced focal loss, normalised by the number of centres."""
+def focal_loss(logits: torch.Tensor, target: torch.Tensor,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss, normalised by the number of centres; pixels
+    where `weight` is 0 (near a detection nobody reviewed) teach nothing."""
     pos = target.eq(1.0).float()
     log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
     p = torch.sigmoid(logits)
+    neg_terms = log_not_p * p**2 * (1 - target) ** 4 * (1 - pos)
+    if weight is not None:
+        neg_terms = neg_terms * weight
     pos_loss = -(log_p * (1 - p) ** 2 * pos).sum()
-    neg_loss = -(log_not_p * p**2 * (1 - target) ** 4 * (1 - pos)).sum()
+    neg_loss = -neg_terms.sum()
     return (pos_loss + neg_loss) / pos.sum().clamp(min=1.0)
 
 
+def _mask_loss(out: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    pos_weight = torch.tensor(3.0, device=out.device)
+    if "weight" not in batch:  # the shipped recipe's loss, unchanged
+        return F.binary_cross_entropy_with_logits(out, batch["mask"], pos_weight=pos_weight)
+    per_pixel = F.binary_cross_entropy_with_logits(out, batch["mask"], pos_weight=pos_weight,
+                                                   reduction="none")
+    return (per_pixel * batch["weight"]).sum() / batch["weight"].sum().clamp(min=1.0)
+
+
 def losses(out: torch.Tensor, batch: dict[str, torch.Tensor], recipe: Recipe) -> dict:
-    heat = focal_loss(out[:, 0:1], batch["heat"])
-    mask = F.binary_cross_entropy_with_logits(
-        out[:, 1:2], batch["mask"], pos_weight=torch.tensor(3.0, device=out.device)
-    )
+    heat = focal_loss(out[:, 0:1], batch["heat"], batch.get("weight"))
+    mask = _mask_loss(out[:, 1:2], batch)
     w = batch["reg_w"]
     size = F.smooth_l1_loss(out[:, 2:4], batch["reg"][:, 0:2], reduction="none", beta=0.2)
     angle = (out[:, 4:6] - batch["reg"][:, 2:4]).abs()

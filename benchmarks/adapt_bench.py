@@ -1,0 +1,169 @@
+"""Replay an analyst's work on labelled ports and measure what the learning loop gains.
+
+    python benchmarks/adapt_bench.py --data ../shared/data/sen2ships [--leave-ports-out]
+        [--weights W] [--ports P ...] [--steps N] [--benchmark in-sample|none] [--json F]
+
+For each port, its scene is cut in two halves along a line through no labelled vessel. The
+model blind to the port (with --leave-ports-out the fold model that never saw it, else
+--weights, default the shipped model) detects on half A in a fresh workspace; the analyst is
+replayed through `review_db.record`, as the review page records (training/replay.py):
+detections within 20 m of an outline confirmed and moved onto it, the others rejected, the
+vessels nothing found added. Then `retrain` and its gate run as a user runs them (base data:
+the --data ports the blind model trained on, never the port itself), and the model the
+workspace then uses (promoted or not) is scored on half B with the shared scoring rule, at
+its threshold (the blind model at the shipped model's threshold). Then A and B swap.
+Prints per port and direction, and pooled: base F1 on the unseen half, adapted F1, whether
+the gate promoted, and the seconds retrain took.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from imagery import models  # noqa: E402
+from imagery.detector import get_weights, load_model  # noqa: E402
+from imagery.pipeline import open_workspace  # noqa: E402
+from training.chips import find_scene_dirs  # noqa: E402
+from training.evaluate import (  # noqa: E402
+    _ship_outlines,
+    fold_models,
+    match_counts,
+    predict_folder,
+    summarize,
+)
+from training.holdout import cut_in_halves  # noqa: E402
+from training.replay import adopt, replay_folder  # noqa: E402
+from training.retrain import RetrainConfig, retrain  # noqa: E402
+
+
+def blind_model(entry, port: str, leave_ports_out: bool):
+    """(weights entry blind to `port`, the ports it held out)."""
+    if not leave_ports_out:
+        return entry, set()
+    for fold in fold_models(entry):
+        held = set(json.loads(fold.path.with_suffix(".json").read_text()).get("holdout_ports"))
+        if port in held:
+            return fold, held
+    return None, set()
+
+
+def score_half(weights: str, folder: Path, threshold: float) -> dict:
+    model, entry = load_model(weights)
+    found, _ = predict_folder(folder, model, entry, threshold)
+    pts = [(d.lon, d.lat) for d in found]
+    import numpy as np
+
+    return match_counts(_ship_outlines(folder), np.array(pts, dtype=float).reshape(-1, 2))
+
+
+def one_direction(port: str, train_half: Path, test_half: Path, blind, base_dirs: list[Path],
+                  op_threshold: float, cfg: RetrainConfig, scratch: Path) -> dict:
+    ws = open_workspace(scratch / "ws")
+    weights = adopt(ws, blind.path)
+    replayed = replay_folder(ws, train_half, f"{port}-{train_half.parent.name}", port,
+                             datetime(2023, 8, 1, tzinfo=UTC), weights, op_threshold)
+    start = time.perf_counter()
+    result = retrain(ws.root, [str(d) for d in base_dirs], cfg, progress=False)
+    seconds = time.perf_counter() - start
+    using = models.active_model(ws)
+    base = score_half(weights, test_half, op_threshold)
+    adapted = score_half(using.weights(ws), test_half,
+                         using.threshold if using.threshold is not None else op_threshold)
+    return {"base": base, "adapted": adapted, "promoted": result.promoted,
+            "decision": result.decision, "seconds": round(seconds, 1),
+            "replayed": vars(replayed), "gate": result.metrics.get("heldout"),
+            "gate_base_in_sample": result.metrics.get("base_in_sample")}
+
+
+def run_port(folder: Path, all_dirs: list[Path], entry, leave_ports_out: bool,
+             cfg: RetrainConfig, scratch: Path) -> dict | None:
+    port = folder.name
+    blind, held = blind_model(entry, port, leave_ports_out)
+    if blind is None:
+        print(f"{port}: no fold model held it out; skipped", flush=True)
+        return None
+    base_dirs = [d for d in all_dirs if d.name != port and d.name not in held]
+    a, b = cut_in_halves(folder, scratch / "A" / port, scratch / "B" / port)
+    runs = []
+    for k, (train_half, test_half) in enumerate(((a, b), (b, a))):
+        run = one_direction(port, train_half, test_half, blind, base_dirs, entry.threshold, cfg,
+                            scratch / f"dir{k}")
+        base_f1, adapted_f1 = summarize(run["base"])["f1"], summarize(run["adapted"])["f1"]
+        print(f"{port} {'AB'[k]}->{'BA'[k]}: base F1 {base_f1:.3f}, adapted {adapted_f1:.3f}, "
+              f"{run['decision']}, retrain {run['seconds']:.0f} s", flush=True)
+        runs.append(run)
+    return {"runs": runs, "model": blind.name}
+
+
+def _pool(counts: list[dict]) -> dict:
+    return summarize({k: sum(c[k] for c in counts) for k in ("tp", "fp", "fn")})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", nargs="+", required=True, metavar="DIR")
+    ap.add_argument("--weights", help="weights (default: the shipped model)")
+    ap.add_argument("--leave-ports-out", action="store_true")
+    ap.add_argument("--ports", nargs="+", help="only these ports (default: all)")
+    ap.add_argument("--steps", type=int, default=RetrainConfig.steps)
+    ap.add_argument("--benchmark", choices=("in-sample", "none"), default="in-sample")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", metavar="FILE")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    entry = get_weights(args.weights)
+    dirs = find_scene_dirs(args.data)
+    cfg = RetrainConfig(steps=args.steps, benchmark=args.benchmark, threads=args.threads)
+    ports, base_all, adapted_all = {}, [], []
+    for folder in dirs:
+        if args.ports and folder.name not in args.ports:
+            continue
+        scratch = Path(tempfile.mkdtemp(prefix=f"adapt-{folder.name}-"))
+        try:
+            start = time.perf_counter()
+            out = run_port(folder, dirs, entry, args.leave_ports_out, cfg, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if out is None:
+            continue
+        runs = out["runs"]
+        base_all += [r["base"] for r in runs]
+        adapted_all += [r["adapted"] for r in runs]
+        ports[folder.name] = {
+            "base_f1": _pool([r["base"] for r in runs])["f1"],
+            "adapted_f1": _pool([r["adapted"] for r in runs])["f1"],
+            "promoted": [r["promoted"] for r in runs],
+            "seconds": round(time.perf_counter() - start, 1),
+            "retrain_seconds": [r["seconds"] for r in runs],
+            "model": out["model"], "runs": runs,
+        }
+    pooled = {"base_f1": _pool(base_all)["f1"] if base_all else None,
+              "adapted_f1": _pool(adapted_all)["f1"] if adapted_all else None}
+    print(f"{'port':12s} {'base F1':>8s} {'adapted':>8s}  promoted      seconds")
+    for name, p in ports.items():
+        print(f"{name:12s} {p['base_f1']:8.3f} {p['adapted_f1']:8.3f}  "
+              f"{str(p['promoted']):13s} {p['seconds']:.0f}")
+    if base_all:
+        print(f"{'POOLED':12s} {pooled['base_f1']:8.3f} {pooled['adapted_f1']:8.3f}")
+    result = {"pooled": pooled, "ports": ports,
+              "settings": {"leave_ports_out": args.leave_ports_out, "weights": entry.name,
+                           "steps": args.steps, "benchmark": args.benchmark,
+                           "threads": args.threads}}
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    main()
