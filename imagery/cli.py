@@ -626,16 +626,17 @@ def _add_learning_parsers(add: Callable) -> None:
                    help="F1 loss on the --data folders still counted as not worse (0.03)")
     p.add_argument("--benchmark", choices=("in-sample", "none"), default="in-sample",
                    help="score both models on the --data folders (default) or not")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning (default 0)")
     p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
     p = add("models", cmd_models, "the workspace's models: list, promote NAME, rollback")
     actions = p.add_subparsers(dest="models_command", metavar="ACTION")
     promote = actions.add_parser("promote", help="use NAME from now on")
-    promote.add_argument("name")
+    promote.add_argument("name", help="a model name from `berthwatch models`")
     rollback = actions.add_parser("rollback", help="return to the model in use before this one")
     for action in (promote, rollback):  # --workspace after the action too
-        action.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS)
+        action.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS,
+                            help="workspace folder (default $BERTHWATCH_HOME or ~/.berthwatch)")
 
 
 def _add_training_parsers(add: Callable, command: str | None) -> None:
@@ -750,7 +751,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
     p = add("report", cmd_report, "tanker calls and estimated barrels of a port: charts, "
             "CSV, GeoJSON and one HTML page")
-    p.add_argument("--port", required=True)
+    p.add_argument("--port", required=True, help="port name (see `berthwatch ports`)")
     p.add_argument("--from", dest="from_date", type=_date, help="first date (default: first scene)")
     p.add_argument("--to", dest="to_date", type=_end_date, help="last date (default: last scene)")
     p.add_argument("--out", help="folder to write (default WORKSPACE/reports/PORT)")

@@ -238,7 +238,7 @@ def truth_tanker_calls(ws: Workspace, port: Port, seed: int = 7) -> dict[str, in
                               " ORDER BY acquisition_time", (port.name,)).fetchall()
     finally:
         conn.close()
-    truths = [load_truth(truth_path_for(s["path"])) for s in scenes]
+    truths = [load_truth(truth_path_for(ws.resolve(s["path"]))) for s in scenes]
     months: dict[str, int] = {}
     for vessel in plan_fleet(port, seed):
         if not 80 <= vessel.ship_type <= 89:

@@ -48,7 +48,10 @@ def _done_scenes(ws: Workspace, port: Port, since: datetime | None) -> list[dict
     finally:
         conn.close()
     stamp = since.strftime("%Y-%m-%dT%H:%M:%SZ") if since else ""
-    return [dict(r) for r in rows if (r["acquisition_time"] or "") >= stamp]
+    scenes = [dict(r) for r in rows if (r["acquisition_time"] or "") >= stamp]
+    for scene in scenes:  # stored relative to the workspace root
+        scene["path"] = str(ws.resolve(scene["path"]))
+    return scenes
 
 
 def _old(ws: Workspace, scene_id: str) -> tuple[dict[int, tuple[float, float]], set[str]]:

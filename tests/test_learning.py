@@ -231,6 +231,21 @@ def test_registry_survives_sigkill_during_retrain(reviewed, tmp_path):
                                                                      "weak-test.pt"]
 
 
+def _cover_with_ais(ws, port, tmp_path: Path) -> None:
+    """One AIS vessel 30 km off the port at each scene's time: the feed covers the scenes
+    (so berthed detections can become alerts) and explains none of them."""
+    from imagery import ais
+
+    x, y = port.aoi.centroid.x + 0.35, port.aoi.centroid.y - 0.1
+    rows = ["MMSI,BaseDateTime,LAT,LON,SOG,COG,Heading,VesselName"]
+    for k in range(2):
+        when = START + timedelta(days=3 * k)
+        rows.append(f"273000001,{when:%Y-%m-%dT%H:%M:%S},{y:.5f},{x:.5f},10.0,90.0,90,FAR")
+    path = tmp_path / "far.csv"
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    ais.import_file(ws, path, None, None, None)
+
+
 def test_redetect_keeps_verdicts_on_their_vessels_and_lists_alert_changes(
         weak_weights, tiny_weights, tmp_path):
     from imagery.redetect import redetect
@@ -243,6 +258,7 @@ def test_redetect_keeps_verdicts_on_their_vessels_and_lists_alert_changes(
         ws.record_scene(scene_id=f"s{k}", port="chongjin", source="sim",
                         acquisition_time=START + timedelta(days=3 * k), status="stored",
                         path=_into(ws.root, folder))
+    _cover_with_ais(ws, port, tmp_path)
     run_pass(ws, [port], None, START, START, weights=str(weak_weights), threshold=0.1,
              progress=False)
     conn = sqlite3.connect(ws.root / "berthwatch.sqlite")

@@ -142,13 +142,13 @@ def calibrate(
 
 
 def _best_threshold(preds: list) -> tuple[float, float, dict]:
-    """Among thresholds within 0.005 of the best pooled F1, the median one: a plateau's middle
+    """Among thresholds less than 0.005 below the best pooled F1, the median one: a plateau's middle
     is steadier on new ports than its edge. Returns (threshold, best F1, F1 by threshold)."""
     from training.evaluate import SWEEP, score_predictions
 
     sweep = {t: score_predictions(preds, t)["pooled"]["f1"] for t in SWEEP}
     top = max(sweep.values())
-    near = sorted(t for t, f in sweep.items() if f >= top - 0.005)
+    near = sorted(t for t, f in sweep.items() if f > top - 0.005)
     return near[len(near) // 2], top, sweep
 
 
@@ -307,9 +307,11 @@ head with six outputs per pixel:
   vessel's centroid, elongated along the hull),
 - vessel mask (auxiliary; BCE),
 - log length, log width, sin 2a, cos 2a of the hull axis (regressed at the centre).
-Decoding: local maxima of the heatmap ({kernel}x{kernel} max-pool) above the threshold, then
-greedy suppression of peaks within 1.5 px of a stronger one (chip seams) or inside a
-stronger vessel's estimated hull shrunk to {box} (a second peak on one long hull). Minimum
+Decoding: local maxima of the heatmap ({kernel}x{kernel} max-pool) above the threshold; a
+weaker maximum joined to a stronger one by a ridge of heat (never below 0.8 of the weaker,
+within the stronger's estimated half length) is the same hull and dropped; then greedy
+suppression of peaks within 1.5 px of a stronger one (chip seams) or when either centre lies
+inside the other's estimated hull shrunk to {box} (a second peak on one long hull). Minimum
 estimated length: {min_length} m (`detect --min-length-m M` drops vessels estimated shorter
 than M metres; see "Ships only" below).
 
@@ -361,7 +363,7 @@ Reproduce: `berthwatch evaluate --data ../shared/data/sen2ships --leave-ports-ou
 
 Operating threshold **{threshold}**. When the fold models exist, `python -m training.export`
 chooses the hull fraction that gives the best pooled leave-ports-out F1 and the threshold in
-the middle of those within 0.005 of it (both chosen on these same out-of-fold predictions, so
+the middle of those less than 0.005 below it (both chosen on these same out-of-fold predictions, so
 the pooled F1 is slightly optimistic).
 Pooled leave-ports-out F1 by threshold: {sweep}.
 
