@@ -18,12 +18,22 @@ CALL_COLUMNS = ("call_id", "port", "berth", "first_seen", "last_seen", "length_m
                 "tanker", "rule", "evidence", "declared", "mmsi", "ais_name", "ais_ship_type",
                 "status", "barrels_low", "barrels_central", "barrels_high", "scene_ids")
 
-# Measured limits of the shipped detector, as weights/MODEL_CARD.md reports them.
-MODEL_LIMITS = (
-    "On ports it never saw (leave-ports-out over the 11 shared sen2ships ports) the shipped "
-    "detector finds 66 % of the labelled vessels at 57 % precision (F1 0.615); its length "
-    "estimate is off by 28.3 m in the median (absolute error; median error -13.5 m, an "
-    "underestimate). Its detections are leads for an analyst, not counts to cite unreviewed.")
+def model_limits() -> str:
+    """The shipped detector's measured limits, read from its weights' metadata (the figures
+    weights/MODEL_CARD.md shows), so a recalibrated model never leaves a stale sentence."""
+    from imagery.detector import get_weights
+
+    lpo = get_weights().metrics.get("leave_ports_out") or {}
+    pooled, length = lpo.get("pooled") or {}, lpo.get("length_m") or {}
+    if not pooled:
+        return "The shipped detector's leave-ports-out figures are missing from its metadata."
+    return (
+        "On ports it never saw (leave-ports-out over the 11 shared sen2ships ports) the shipped "
+        f"detector finds {pooled['recall']:.0%} of the labelled vessels at "
+        f"{pooled['precision']:.0%} precision (F1 {pooled['f1']:.3f}); its length estimate is "
+        f"off by {length.get('median_abs_error_m', float('nan')):g} m in the median (absolute "
+        f"error; median error {length.get('median_error_m', float('nan')):g} m). Its "
+        "detections are leads for an analyst, not counts to cite unreviewed.")
 
 
 def call_row(call: PortCall) -> dict:
@@ -135,7 +145,7 @@ loading at Vostochny and unloading at Chongjin is the same cargo twice.</p>
 <p>A month in which no scene saw the port's berths is shown as <b>not seen</b>, never as zero;
 fewer than {LITTLE_VISIBILITY_SCENES} such scenes is <b>little visibility</b>.</p>
 <h2>Model and its measured limits</h2>
-<p>{escape(MODEL_LIMITS)}</p>
+<p>{escape(model_limits())}</p>
 <p>Scenes processed with: {escape(", ".join(f"{m} (weights sha256 {s[:12]}...)"
                                               for m, s in result.models) or "none")}</p>"""
 
