@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
+import html
 import io
 import json
 import sqlite3
@@ -690,3 +691,19 @@ def test_tiny_model_trains_on_exported_chips(client, demo, tmp_path):
     assert Path(entry.path).is_file() and len(entry.sha256) == 64
     state = torch.load(entry.path, weights_only=True)
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_queue_lists_scenes_without_ais_coverage(client, demo):
+    """Issue 25 item 2: a scene with no AIS coverage raised no alert; the queue says so
+    (its id escaped like every external string) instead of looking like a quiet port."""
+    assert "Scenes without AIS coverage" not in client.get("/").text
+    conn = demo.ws.connect()
+    try:
+        conn.execute("UPDATE processing SET ais_coverage = 0, ais_fixes = 0 WHERE scene_id = ?",
+                     (demo.scenes[0],))
+    finally:
+        conn.close()
+    page = client.get("/").text
+    section = page[page.index('id="no-ais-coverage"'):]
+    assert "Scenes without AIS coverage" in section
+    assert html.escape(demo.scenes[0]) in section.split("</section>")[0]

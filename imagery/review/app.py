@@ -22,6 +22,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse,
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from imagery.alerts import no_coverage_scenes
 from imagery.pipeline import open_workspace
 from imagery.review import db as review_db
 from imagery.review import media as review_media
@@ -183,8 +184,11 @@ def _install_pages(app: FastAPI) -> None:
         filters = _queue_filters(request)
         ws = _ws(request)
         alerts = review_db.list_alerts(ws, **filters)
+        # Scenes without AIS coverage raise no alert: the queue says so rather than look empty.
+        no_coverage = no_coverage_scenes(ws, port=filters["port"] or None)
         return _render(request, "queue.html", alerts=alerts, filters=filters,
-                       ports=_ports_with_alerts(ws), statuses=review_db.STATUSES)
+                       ports=_ports_with_alerts(ws), statuses=review_db.STATUSES,
+                       no_coverage=no_coverage)
 
     @app.get("/alerts/{alert_id:path}")
     def alert_page(request: Request, alert_id: str):
