@@ -96,3 +96,22 @@ def test_port_figures_of_the_current_month(demo):
     figures = port_figures(demo.ws, now=datetime(2024, 3, 20, tzinfo=UTC))
     assert len(figures) == 1 and figures[0]["current"] and figures[0]["month"] == "2024-03"
     assert figures[0]["scenes"] == 3 and figures[0]["state"] == "seen"
+
+
+def test_vessel_type_calls_join_the_audit_trail_and_the_evidence(client, demo):
+    """Kept in the audit trail like every verdict: the alert page's trail and the evidence
+    package's reviews.json list the vessel-type calls with who, when and the note."""
+    import io
+    import json
+    import zipfile
+
+    assert _choose(client, demo.alert, "tanker", analyst="bob").status_code == 303
+    page = client.get(f"/alerts/{quote(demo.alert, safe='')}").text
+    trail = page[page.index('id="history"'):]
+    assert "vessel-type" in trail and "bob" in trail and "tanker" in trail
+    package = client.get(f"/alerts/{quote(demo.alert, safe='')}/evidence.zip")
+    with zipfile.ZipFile(io.BytesIO(package.content)) as zf:
+        name = next(n for n in zf.namelist() if n.endswith("reviews.json"))
+        rows = json.loads(zf.read(name))
+    assert [(r["action"], r["verdict"], r["analyst"]) for r in rows
+            if r["action"] == "vessel-type"] == [("vessel-type", "tanker", "bob")]

@@ -200,7 +200,7 @@ def _install_pages(app: FastAPI) -> None:
                        considered=considered, placed=_placed(view),
                        ais_verdict=_ais_verdict(considered),
                        vessels=view.vessels, neighbours=_neighbours(ws, alert),
-                       history=review_db.history(ws, alert_id=alert_id),
+                       history=review_db.audit_trail(ws, alert_id),
                        verdicts=review_db.VERDICTS, message=_message(request))
 
 

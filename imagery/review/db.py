@@ -225,3 +225,17 @@ def reviewed_scene_ids(ws: Workspace) -> list[str]:
             "SELECT DISTINCT scene_id FROM reviews ORDER BY scene_id")]
     finally:
         conn.close()
+
+
+def audit_trail(ws: Workspace, alert_id: str) -> list[dict]:
+    """Everything analysts recorded on an alert, oldest first: its `reviews` rows and its
+    vessel-type calls (kept append-only in their own table, shown here as action
+    `vessel-type` with the type as the verdict), one trail for the page and the evidence."""
+    from imagery.vessel_types import vessel_type_history
+
+    calls = [{"id": f"t{r['id']}", "alert_id": r["alert_id"], "scene_id": r["scene_id"],
+              "det_id": None, "action": "vessel-type", "verdict": r["vessel_type"],
+              "note": r["note"], "analyst": r["analyst"], "at": r["at"], "payload": {}}
+             for r in vessel_type_history(ws, alert_id)]
+    rows = history(ws, alert_id=alert_id) + calls
+    return sorted(rows, key=lambda r: r["at"])  # stable: same-second rows keep their order

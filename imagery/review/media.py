@@ -452,7 +452,7 @@ def evidence_zip(ws: Workspace, view: AlertView) -> bytes:
         "chip_false.png": view.chip("false"),
         "detections.geojson": _json_bytes(detections_geojson(view.alert, view.vessels)),
         "ais_positions.csv": ais_csv(used, view.names).encode("utf-8"),
-        "reviews.json": _json_bytes(review_db.history(ws, alert_id=view.alert["alert_id"])),
+        "reviews.json": _json_bytes(review_db.audit_trail(ws, view.alert["alert_id"])),
     }
     manifest = _manifest(view, files)
     out = io.BytesIO()
