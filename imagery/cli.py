@@ -193,25 +193,76 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from imagery.detector import DetectorError, detect_scene
+    from imagery.detector import DetectorError, load_model, resolve_device
 
+    many = len(args.scene) > 1 or args.out_dir
+    if many and (args.out or args.csv):
+        raise UserError("several scenes (or --out-dir) write DIR/NAME.geojson and NAME.csv: "
+                        "give --out-dir, not --out or --csv")
+    if not many and not args.out:
+        raise UserError("give --out FILE.geojson (or --out-dir DIR)")
     port = get_port(args.port, args.ports) if args.port else None
     try:
-        collection = detect_scene(args.scene, args.out, port=port, csv_path=args.csv,
-                                  threshold=args.threshold, weights=_weights(args),
-                                  threads=args.threads, min_length_m=args.min_length_m,
-                                  tta=args.tta)
+        # One load for every scene: the model, its sha256 check and its device.
+        loaded = load_model(_weights(args), resolve_device(args.device))
+    except DetectorError as exc:
+        raise UserError(str(exc)) from None
+    if not many:
+        return _detect_one(args, port, loaded, args.scene[0], args.out, args.csv)
+    return _detect_many(args, port, loaded)
+
+
+def _detect_one(args, port, loaded, scene, out, csv) -> int:
+    from imagery.detector import DetectorError, detect_scene
+
+    try:
+        collection = detect_scene(scene, out, port=port, csv_path=csv,
+                                  threshold=args.threshold, threads=args.threads,
+                                  min_length_m=args.min_length_m, tta=args.tta, loaded=loaded,
+                                  progress=len(args.scene) == 1)
     except DetectorError as exc:
         raise UserError(str(exc)) from None
     top = collection["properties"]
     tta = ", 8 orientations averaged" if top["tta"] else ""
     print(f"{top['count']} vessel(s) in {top['scene_id']} (model {top['model']}, "
-          f"threshold {top['threshold']:g}{tta}) -> {args.out}")
+          f"threshold {top['threshold']:g}{tta}) -> {out}")
     for name, zone in top.get("zones", {}).items():
         print(f"    {name:32s} {zone['count']:3d} vessels, {zone['visible_fraction']:.0%} visible")
     if top.get("simulated"):
         print("    (SIMULATED scene)")
     return 0
+
+
+def _detect_many(args, port, loaded) -> int:
+    """Every scene with the one loaded model; a bad scene is reported and skipped, never the
+    end of the batch."""
+    from tqdm import tqdm
+
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = _output_names([Path(s) for s in args.scene])
+    skipped = 0
+    for scene, name in tqdm(list(zip(args.scene, names, strict=True)), desc="detect",
+                            unit="scene"):
+        try:
+            _detect_one(args, port, loaded, scene, out_dir / f"{name}.geojson",
+                        out_dir / f"{name}.csv")
+        except (UserError, SceneError) as exc:
+            skipped += 1
+            tqdm.write(f"berthwatch detect: skipped {scene}: {exc}", file=sys.stderr)
+    print(f"{len(names) - skipped} of {len(names)} scene(s) detected into {out_dir}"
+          + (f"; {skipped} skipped" if skipped else ""))
+    return 1 if skipped else 0
+
+
+def _output_names(paths: list[Path]) -> list[str]:
+    """One output name per scene: its file stem (its folder's name for the sen2ships layout's
+    scene.tif); names two scenes would share get the hash of their path (workspace.file_stem)."""
+    from imagery.workspace import file_stem
+
+    names = [p.parent.name if p.stem == "scene" else p.stem for p in paths]
+    return [file_stem(str(p.resolve())) if names.count(n) > 1 else n
+            for p, n in zip(paths, names, strict=True)]
 
 
 def _weights(args: argparse.Namespace) -> str | None:
@@ -701,10 +752,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--cloud", type=float, default=0.0, help="cloud cover to simulate, 0-1")
     p = add("detect", cmd_detect, "detect vessels in a scene and write GeoJSON")
-    p.add_argument("scene", help="scene GeoTIFF in the scene format")
+    p.add_argument("scene", nargs="+", help="scene GeoTIFF(s) in the scene format")
     p.add_argument("--port", help="port whose berth zones to count (default: none)")
-    p.add_argument("--out", required=True, help="detections GeoJSON to write")
-    p.add_argument("--csv", help="also write the detections as CSV")
+    p.add_argument("--out", help="detections GeoJSON to write (one scene)")
+    p.add_argument("--out-dir", metavar="DIR",
+                   help="write DIR/NAME.geojson and DIR/NAME.csv for each scene (several "
+                        "scenes, one model load)")
+    p.add_argument("--csv", help="also write the detections as CSV (one scene)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (default auto: cuda when torch sees a GPU, "
+                        "else cpu)")
     p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
     p.add_argument("--min-length-m", type=float, metavar="M",
                    help="drop vessels estimated shorter than M metres (default: the model's; "

@@ -338,6 +338,21 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
+def resolve_device(name: str) -> str:
+    """`auto` is cuda when torch sees a GPU, else cpu; asking for cuda without one is an
+    error rather than a silent fall back to the CPU."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise DetectorError(f"device {name!r}: torch sees no CUDA GPU on this machine "
+                                "(use --device cpu, or auto)")
+        return name
+    raise DetectorError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None, device: str = "cpu"
 ) -> tuple[BerthNet, WeightsEntry]:
@@ -838,13 +853,16 @@ def detect_scene(
     progress: bool = True,
     min_length_m: float | None = None,
     tta: bool = False,
+    device: str = "cpu",
+    loaded: tuple[nn.Module, WeightsEntry] | None = None,
 ) -> dict:
     """Detect vessels in a scene and write GeoJSON (and CSV). `port` is a Port, a port name or
     None; `threshold` and `min_length_m` default to the weights'; `tta` averages eight
-    orientations of each chip (~7x slower). Returns the FeatureCollection (its `properties`
-    are the summary)."""
+    orientations of each chip (~7x slower); `loaded` is a (model, entry) from `load_model`,
+    so that many scenes share one load. Returns the FeatureCollection (its `properties` are
+    the summary)."""
     torch.set_num_threads(threads)
-    model, entry = load_model(weights)
+    model, entry = loaded or load_model(weights, device)
     info = open_scene(scene_path, require_bands=None)
     missing = [b for b in entry.bands if b not in info.bands]
     if missing:
