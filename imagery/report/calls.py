@@ -84,7 +84,6 @@ class MonthVisibility:
     scenes: int = 0  # every scene of the catalog acquired in the month
     cloud_blocked: int = 0  # skipped as all cloud, or stored with every berth hidden
     seen: int = 0  # processed scenes in which at least one berth was visible
-    unprocessed: int = 0  # stored but not (yet) reconciled, or failed
 
     @property
     def state(self) -> str:
@@ -346,9 +345,7 @@ def _months(scenes: list[dict], berths: set[str], start: datetime, end: datetime
             month.scenes += 1
             if s["status"] == "skipped" and "cloud" in (s["reason"] or ""):
                 month.cloud_blocked += 1
-            elif not s["done"]:
-                month.unprocessed += int(s["status"] != "skipped")
-            else:
+            elif s["done"]:  # scenes not (yet) reconciled count as neither seen nor blocked
                 seen = [z["zone"] for z in conn.execute(
                     "SELECT zone FROM zone_counts WHERE scene_id = ? AND detected IS NOT NULL",
                     (s["scene_id"],)) if z["zone"] in berths]
