@@ -44,7 +44,7 @@ from training.evaluate import (  # noqa: E402
 )
 from training.holdout import cut_in_halves  # noqa: E402
 from training.replay import adopt, replay_folder  # noqa: E402
-from training.retrain import RetrainConfig, retrain  # noqa: E402
+from training.retrain import RetrainConfig, RetrainError, retrain  # noqa: E402
 
 
 def blind_model(entry, port: str, leave_ports_out: bool):
@@ -74,16 +74,20 @@ def one_direction(port: str, train_half: Path, test_half: Path, blind, base_dirs
     replayed = replay_folder(ws, train_half, f"{port}-{train_half.parent.name}", port,
                              datetime(2023, 8, 1, tzinfo=UTC), weights, op_threshold)
     start = time.perf_counter()
-    result = retrain(ws.root, [str(d) for d in base_dirs], cfg, progress=False)
+    try:
+        result = retrain(ws.root, [str(d) for d in base_dirs], cfg, progress=False)
+    except RetrainError as exc:  # as a user would see it: nothing changed, the model kept
+        result = None
+        refusal = f"retrain refused: {str(exc).split(': ', 1)[-1]}"
     seconds = time.perf_counter() - start
     using = models.active_model(ws)
     base = score_half(weights, test_half, op_threshold)
     adapted = score_half(using.weights(ws), test_half,
                          using.threshold if using.threshold is not None else op_threshold)
-    return {"base": base, "adapted": adapted, "promoted": result.promoted,
-            "decision": result.decision, "seconds": round(seconds, 1),
-            "replayed": vars(replayed), "gate": result.metrics.get("heldout"),
-            "gate_base_in_sample": result.metrics.get("base_in_sample")}
+    return {"base": base, "adapted": adapted, "promoted": bool(result and result.promoted),
+            "decision": result.decision if result else refusal, "seconds": round(seconds, 1),
+            "replayed": vars(replayed), "gate": result.metrics.get("heldout") if result else None,
+            "gate_base_in_sample": result.metrics.get("base_in_sample") if result else None}
 
 
 def run_port(folder: Path, all_dirs: list[Path], entry, leave_ports_out: bool,

@@ -637,7 +637,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     from training.retrain import RetrainConfig, RetrainError, format_result, retrain
 
     cfg = RetrainConfig(steps=args.steps, threads=args.threads, noise=args.noise,
-                        benchmark=args.benchmark, seed=args.seed, device=args.device)
+                        benchmark=args.benchmark, seed=args.seed, device=args.device,
+                        confidence=args.confidence)
     try:
         result = retrain(args.workspace, args.data, cfg)
     except (RetrainError, RunLocked, DetectorError) as exc:
@@ -675,6 +676,9 @@ def _add_learning_parsers(add: Callable) -> None:
     p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (default 300)")
     p.add_argument("--noise", type=float, default=0.03,
                    help="F1 loss on the --data folders still counted as not worse (0.03)")
+    p.add_argument("--confidence", type=float, default=0.9,
+                   help="share of bootstrap resamples of the held-out reviews in which the "
+                        "candidate must score better (default 0.9)")
     p.add_argument("--benchmark", choices=("in-sample", "none"), default="in-sample",
                    help="score both models on the --data folders (default) or not")
     p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning (default 0)")

@@ -358,3 +358,42 @@ def test_unreviewed_detections_are_not_taught_as_background(simulated_labelled, 
     assert masked < focal_loss(logits, batch["heat"])
     assert masked == pytest.approx(focal_loss(torch.full_like(logits, -4.0), batch["heat"],
                                               weight).item(), rel=1e-4)
+
+
+def _held_out(n_ships: int, found: list[int], alarms: int, score: float = 0.5):
+    """A held-out half with `n_ships` square outlines 500 m apart along a parallel; detections
+    on the ships in `found` and `alarms` false alarms 200 m north of them."""
+    from shapely.geometry import box
+
+    from imagery.detector import Detection
+    from training.evaluate import PortPrediction
+
+    step, half = 0.006, 0.0002  # ~500 m and ~20 m at 43 N
+    ships = [box(5 + k * step - half, 43 - half, 5 + k * step + half, 43 + half)
+             for k in range(n_ships)]
+    dets = [Detection(0, 0, score, 50, 10, 0, lon=5 + k * step, lat=43.0) for k in found]
+    dets += [Detection(0, 0, score, 50, 10, 0, lon=5 + k * step, lat=43.002)
+             for k in range(alarms)]
+    return [PortPrediction("half", ships, dets, "m")]
+
+
+def test_gate_confidence_needs_more_than_a_vessel_or_two():
+    """The bootstrap over paired held-out outcomes: a candidate that finds one more vessel of
+    eight is not yet convincing; one that finds six more of twenty, with no more false
+    alarms, is; and a model is never better than itself."""
+    from training.retrain import bootstrap_confidence, paired_outcomes
+
+    cur = _held_out(8, found=[0, 1, 2, 3], alarms=1)
+    one_more = _held_out(8, found=[0, 1, 2, 3, 4], alarms=1)
+    rows = paired_outcomes(cur, one_more, 0.25, 0.25)
+    # 8 vessels, one false alarm seen by both (one row), each row (tp, fp, fn) x 2 models
+    assert rows.shape == (9, 6)
+    assert rows[:, [0, 3]].sum(axis=0).tolist() == [4, 5]
+    assert rows[:, [1, 4]].sum(axis=0).tolist() == [1, 1]
+    assert 0.3 < bootstrap_confidence(cur, one_more, 0.25, 0.25) < 0.9
+    assert bootstrap_confidence(cur, cur, 0.25, 0.25) == 0.0
+    cur20 = _held_out(20, found=list(range(8)), alarms=2)
+    six_more = _held_out(20, found=list(range(14)), alarms=2)
+    assert bootstrap_confidence(cur20, six_more, 0.25, 0.25) >= 0.9
+    # Below its threshold a detection does not count: the candidate at 0.6 finds nothing.
+    assert bootstrap_confidence(cur20, six_more, 0.25, 0.6) == 0.0
