@@ -360,6 +360,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
     ports = [get_port(name, args.ports) for name in dict.fromkeys(args.port)]
     _check_order(args.start, args.end, "--start", "--end")
+    if args.cluster and args.from_dir:
+        args.from_dir = os.path.abspath(args.from_dir)  # workers resolve it, not our cwd
     source = _source(args)
     try:
         if args.weights:
