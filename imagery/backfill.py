@@ -286,20 +286,30 @@ def _plan(ws, port, source, start, end, max_cloud, gates, report) -> list[SceneJ
     for scene in pending_scenes(ws, port, gates):
         if scene["scene_id"] in fetching:
             continue  # its file is fetched again first, as `run` does
-        jobs.append(_detect_job(ws, port, scene, report))
-    return [j for j in jobs if j is not None]
+        # Its bytes are read when it is sent (a whole archive must not sit in memory).
+        jobs.append(SceneJob(scene["scene_id"], port, Path(scene["path"]).name, scene["path"]))
+    return jobs
 
 
-def _detect_job(ws, port, scene, report) -> SceneJob | None:
+@dataclass(frozen=True)
+class NotSent:
+    """A stored scene that failed its checks before it could be sent (changed, unreadable)."""
+
+    kind: str
+    reason: str
+
+
+def _ready(ws, job: SceneJob) -> SceneJob | NotSent:
+    """A job as it is sent: a stored scene's bytes read now, once checked against the sha256
+    recorded when it was fetched (as `run` checks before it processes)."""
+    if job.ref is not None:
+        return job
     try:
+        scene = _scene_row(ws, job.scene_id)
         verify_stored_file(ws, scene)
-        data = Path(scene["path"]).read_bytes()
+        return replace(job, stored=Path(scene["path"]).read_bytes())
     except Exception as exc:
-        kind, reason = classify_scene_error(exc, scene["path"])
-        record_scene_error(ws, scene["scene_id"], kind, reason, report)
-        return None
-    return SceneJob(scene["scene_id"], port, Path(scene["path"]).name, scene["path"],
-                    stored=data)
+        return NotSent(*classify_scene_error(exc, job.named_path))
 
 
 def _count_fetch(report: RunReport, outcome) -> None:
@@ -316,7 +326,7 @@ def _run_jobs(ws, client, jobs, blob, gates, report, progress) -> None:
     bar = tqdm(total=len(jobs), desc="backfill", unit="scene", disable=not progress)
     done = failed = 0
     with bar:
-        for job, result in _results(client, jobs, blob):
+        for job, result in _results(ws, client, jobs, blob):
             before = len(report.failed)
             _finish(ws, job, result, gates, report)
             failed += len(report.failed) > before
@@ -326,32 +336,37 @@ def _run_jobs(ws, client, jobs, blob, gates, report, progress) -> None:
             bar.update()
 
 
-def _results(client, jobs: list[SceneJob], blob: WeightsBlob
-             ) -> Iterator[tuple[SceneJob, SceneResult | BaseException]]:
+def _results(ws, client, jobs: list[SceneJob], blob: WeightsBlob
+             ) -> Iterator[tuple[SceneJob, SceneResult | NotSent | BaseException]]:
     """(job, result) as each finishes: in this process one by one, or on the cluster with a
     bounded number in flight (results carry scene bytes; the coordinator takes them as they
     come instead of letting the whole archive pile up)."""
     if client is None:
         for job in jobs:
-            yield job, scene_task(job, blob)
+            ready = _ready(ws, job)
+            yield job, ready if isinstance(ready, NotSent) else scene_task(ready, blob)
         return
     from distributed import as_completed
 
     shipped = client.scatter(blob, broadcast=True)
     window = max(2, 2 * sum(client.nthreads().values()))  # keeps every worker busy
-    queue = iter(jobs)
-    pending = {}
+    queue, pending, unsent = iter(jobs), {}, []
+    running = as_completed()
 
     def submit_next() -> None:
-        job = next(queue, None)
-        if job is not None:
-            future = client.submit(scene_task, job, shipped, pure=False, retries=TASK_RETRIES)
+        for job in queue:
+            ready = _ready(ws, job)
+            if isinstance(ready, NotSent):
+                unsent.append((job, ready))
+                continue
+            future = client.submit(scene_task, ready, shipped, pure=False, retries=TASK_RETRIES)
             pending[future] = job
             running.add(future)
+            return
 
-    running = as_completed()
     for _ in range(window):
         submit_next()
+    yield from _drain(unsent)
     for future in running:
         job = pending.pop(future)
         try:
@@ -361,6 +376,12 @@ def _results(client, jobs: list[SceneJob], blob: WeightsBlob
         future.release()
         yield job, outcome
         submit_next()
+        yield from _drain(unsent)
+
+
+def _drain(unsent: list) -> Iterator:
+    while unsent:
+        yield unsent.pop(0)
 
 
 def _finish(ws, job: SceneJob, result, gates, report) -> None:
@@ -368,6 +389,9 @@ def _finish(ws, job: SceneJob, result, gates, report) -> None:
     detections reconciled and stored, as `run` would have."""
     if isinstance(result, BaseException):
         _task_failed(ws, job, result, report)
+        return
+    if isinstance(result, NotSent):
+        record_scene_error(ws, job.scene_id, result.kind, result.reason, report)
         return
     port = job.port
     if job.ref is not None:

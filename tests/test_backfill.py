@@ -262,3 +262,20 @@ def test_sentinelhub_credentials_never_travel_to_workers(monkeypatch):
     monkeypatch.setenv("SH_CLIENT_SECRET", secret)
     shipped = pickle.dumps(shippable_source(SentinelHubSource.from_env()))
     assert secret.encode() not in shipped and b"client-id" not in shipped
+
+
+def test_the_model_is_loaded_once_for_many_scenes(tiny_weights, tmp_path, monkeypatch):
+    import imagery.backfill as bf
+    import imagery.detector as detector
+    from imagery.pipeline import open_workspace
+
+    loads = []
+    real = detector.load_model
+    monkeypatch.setattr(detector, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    monkeypatch.setattr(bf, "_MODELS", {})
+    ws = open_workspace(tmp_path / "bf")
+    report = bf.backfill(ws, [get_port("chongjin")], SimulatedSource(seed=7), START,
+                         END + timedelta(days=1) - timedelta(seconds=1), max_cloud=100,
+                         weights=str(tiny_weights), threshold=0.1, progress=False)
+    assert len(report.processed) >= 2 and report.failed == {}
+    assert len(loads) == 1 and list(bf._MODELS) == [detector.get_weights(tiny_weights).sha256]
