@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import sqlite3
@@ -531,13 +532,16 @@ def cluster_client(address: str, timeout_s: float = CONNECT_TIMEOUT_S):
     checked to run the same berthwatch; BackfillError in one line when it cannot be."""
     from distributed import Client, LocalCluster
 
+    # dask's INFO lines (scheduler, nannies, comms) would bury the progress bar and summary.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     cluster = None
     if address.startswith("local:"):
         count = address.removeprefix("local:")
         if not count.isdigit() or int(count) < 1:
             raise BackfillError(f"--cluster {address}: local:N needs a worker count N >= 1")
+        # Its HTTP server on localhost and any free port: nothing listens beyond this machine.
         cluster = LocalCluster(n_workers=int(count), threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+                               dashboard_address="127.0.0.1:0")
         address = cluster.scheduler_address
     try:
         try:
