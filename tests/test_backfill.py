@@ -285,3 +285,26 @@ def test_the_model_is_loaded_once_for_many_scenes(tiny_weights, tmp_path, monkey
                          weights=str(tiny_weights), threshold=0.1, progress=False)
     assert len(report.processed) >= 2 and report.failed == {}
     assert len(loads) == 1 and list(bf._MODELS) == [detector.get_weights(tiny_weights).sha256]
+
+
+def test_a_local_folder_with_an_unreadable_file_gives_what_run_gives(tiny_weights, tmp_path):
+    from imagery.backfill import backfill
+    from imagery.pipeline import open_workspace, run_pass
+    from imagery.simulate import acquisition_time, simulate_scene_file
+    from imagery.sources import LocalFolderSource
+
+    port = get_port("chongjin")
+    folder = tmp_path / "scenes"
+    for day in (2, 4):
+        simulate_scene_file(port, acquisition_time(port, f"2024-03-0{day}"),
+                            folder / f"chongjin-{day}.tif", seed=7, size=192)
+    (folder / "broken.tif").write_bytes(b"not a GeoTIFF")
+    got = {}
+    for name, one_pass in (("run", run_pass), ("backfill", backfill)):
+        ws = _workspace(tmp_path / name)
+        report = one_pass(open_workspace(ws), [port], LocalFolderSource(folder), START,
+                          END + timedelta(days=1), max_cloud=100, weights=str(tiny_weights),
+                          threshold=0.1, progress=False)
+        got[name] = dump(ws), report.fetched, sorted(report.skipped), len(report.processed)
+    assert got["backfill"] == got["run"]
+    assert got["run"][2] == ["file:broken.tif"] and got["run"][3] == 2
