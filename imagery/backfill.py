@@ -288,7 +288,8 @@ def _plan(ws, port, source, start, end, max_cloud, gates, report) -> list[SceneJ
         if scene["scene_id"] in fetching:
             continue  # its file is fetched again first, as `run` does
         # Its bytes are read when it is sent (a whole archive must not sit in memory).
-        jobs.append(SceneJob(scene["scene_id"], port, Path(scene["path"]).name, scene["path"]))
+        path = scene["path"] or ""  # none: _ready records it as changed, as `run` would
+        jobs.append(SceneJob(scene["scene_id"], port, Path(path).name, path))
     return jobs
 
 
