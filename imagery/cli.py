@@ -298,6 +298,11 @@ def _run_once(args: argparse.Namespace) -> int:
                           weights=args.weights, threshold=args.threshold, tta=args.tta)
     except DetectorError as exc:  # e.g. a promoted model whose file was altered
         raise UserError(str(exc)) from None
+    _print_report(report)
+    return 1 if report.failed else 0
+
+
+def _print_report(report) -> None:
     fetched = ", ".join(f"{v} {k}" for k, v in sorted(report.fetched.items())) or "none new"
     print(f"scenes fetched: {fetched}; processed: {len(report.processed)}; "
           f"alerts: {report.alerts}; failed: {len(report.failed)}")
@@ -311,7 +316,6 @@ def _run_once(args: argparse.Namespace) -> int:
         print(f"    skipped {what}: {reason}")
     for what, reason in report.failed.items():
         print(f"    failed {what}: {reason}")
-    return 1 if report.failed else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -345,6 +349,40 @@ def _redetect(args: argparse.Namespace) -> int:
     for scene_id, reason in report.failed.items():
         print(f"    failed {scene_id}: {reason}")
     return 1 if report.failed else 0
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Many ports over a date range as one job; per-scene work on a dask cluster with
+    --cluster (imagery/backfill.py says what runs where)."""
+    from imagery.backfill import BackfillError, backfill, weights_blob
+    from imagery.detector import DetectorError
+    from imagery.pipeline import RunLocked
+
+    ports = [get_port(name, args.ports) for name in dict.fromkeys(args.port)]
+    _check_order(args.start, args.end, "--start", "--end")
+    if args.cluster and args.from_dir:
+        args.from_dir = os.path.abspath(args.from_dir)  # workers resolve it, not our cwd
+    source = _source(args)
+    try:
+        if args.weights:
+            weights_blob(args.weights)  # bad weights are refused before any cluster starts
+        with _maybe_cluster(args.cluster) as client:
+            ws = _writing_workspace(args, "backfill", full_schema=True)
+            report = backfill(ws, ports, source, args.start, args.end, client=client,
+                              max_cloud=args.max_cloud, weights=args.weights,
+                              threshold=args.threshold, tta=args.tta)
+    except (BackfillError, DetectorError, RunLocked) as exc:
+        raise UserError(str(exc)) from None
+    _print_report(report)
+    return 1 if report.failed else 0
+
+
+def _maybe_cluster(address: str | None):
+    from contextlib import nullcontext
+
+    from imagery.backfill import cluster_client
+
+    return cluster_client(address) if address else nullcontext()
 
 
 def _interval(text: str) -> timedelta:
@@ -804,6 +842,24 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             p.add_argument("--every", type=_interval, default=_interval("6h"),
                            help="interval between passes, e.g. 30m, 6h, 1d (default 6h)")
             p.add_argument("--max-passes", type=int, default=0, help=argparse.SUPPRESS)
+    p = add("backfill", cmd_backfill, "the archive of several ports over a date range as one "
+            "job, locally or on a dask cluster (--cluster)")
+    p.add_argument("--port", required=True, nargs="+", help="port name(s) (see `berthwatch ports`)")
+    p.add_argument("--start", required=True, type=_date, help="first date, ISO 8601")
+    p.add_argument("--end", required=True, type=_end_date, help="last date, ISO 8601")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="dask scheduler address (tcp://host:8786), or local:N for N local worker "
+                        "processes (default: run here, as `run` does)")
+    p.add_argument("--max-cloud", type=float, default=30.0,
+                   help="skip scenes whose AOI is more clouded, in percent (default 30)")
+    p.add_argument("--source", choices=("sentinelhub", "local", "simulated"),
+                   default="sentinelhub", help="where scenes come from (default sentinelhub)")
+    p.add_argument("--from", dest="from_dir", help="folder of scenes for --source local")
+    p.add_argument("--seed", type=int, default=0, help="seed for --source simulated")
+    p.add_argument("--weights", help="weights name or .pt file (default: the workspace's model)")
+    p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
+    p.add_argument("--tta", action="store_true",
+                   help="detect with eight orientations of each chip averaged (~7x slower)")
     _add_training_parsers(add, command)
     _add_learning_parsers(add)
     p = add("demo", cmd_demo, "run the whole pipeline offline on SIMULATED data")

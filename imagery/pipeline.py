@@ -288,30 +288,41 @@ def _process_pending(ws, port, weights, threshold, gates, report, progress, tta)
         sid = scene["scene_id"]
         try:
             result = process_scene(ws, port, scene, weights, threshold, gates, tta)
-        except (SceneError, rasterio.errors.RasterioError) as exc:
-            # A file that cannot be read is unusable, not transient: retrying cannot help.
-            reason = f"unusable scene: {_naming(exc, scene['path'])}"
-            _record_or_stop(ws, sid, reason, _record_unusable)
-            report.skipped[sid] = reason
-            continue
-        except StoredFileChanged as exc:
-            reason = str(exc)
-            _record_or_stop(ws, sid, reason, _record_changed)
-            report.failed[sid] = reason
-            continue
-        except Exception as exc:  # recorded and retried next run; the others go on
-            reason = f"{type(exc).__name__}: {exc}"
-            _record_or_stop(ws, sid, reason, _record_failure)
-            report.failed[sid] = reason
+        except Exception as exc:
+            kind, reason = classify_scene_error(exc, scene["path"])
+            record_scene_error(ws, sid, kind, reason, report)
             continue
         finally:
-            _remove_temp_files(ws, port, sid)
-        report.processed.append(sid)
-        report.alerts += len(result.unmatched)
-        report.under_cloud += len(result.under_cloud)
-        if not result.ais_covered:
-            report.no_ais_coverage += 1
-            report.no_coverage_detections += len(result.no_coverage)
+            remove_temp_files(ws, port, sid)
+        count_processed(report, sid, result)
+
+
+def classify_scene_error(exc: Exception, path: str | None) -> tuple[str, str]:
+    """What a scene's processing error means: `unusable` (a file that cannot be read is
+    unusable, not transient: retrying cannot help), `changed` (the stored file is not the one
+    fetched) or `failed` (recorded and retried next run; the others go on); and the reason."""
+    if isinstance(exc, SceneError | rasterio.errors.RasterioError):
+        return "unusable", f"unusable scene: {_naming(exc, path)}"
+    if isinstance(exc, StoredFileChanged):
+        return "changed", str(exc)
+    return "failed", f"{type(exc).__name__}: {exc}"
+
+
+def record_scene_error(ws: Workspace, scene_id: str, kind: str, reason: str,
+                       report: RunReport) -> None:
+    record = {"unusable": _record_unusable, "changed": _record_changed,
+              "failed": _record_failure}[kind]
+    _record_or_stop(ws, scene_id, reason, record)
+    (report.skipped if kind == "unusable" else report.failed)[scene_id] = reason
+
+
+def count_processed(report: RunReport, scene_id: str, result: SceneReconciliation) -> None:
+    report.processed.append(scene_id)
+    report.alerts += len(result.unmatched)
+    report.under_cloud += len(result.under_cloud)
+    if not result.ais_covered:
+        report.no_ais_coverage += 1
+        report.no_coverage_detections += len(result.no_coverage)
 
 
 def _naming(exc: Exception, path: str | None) -> str:
@@ -361,7 +372,7 @@ def _record_changed(ws: Workspace, scene_id: str, reason: str) -> None:
     _record_failure(ws, scene_id, reason)
 
 
-def _remove_temp_files(ws: Workspace, port: Port, scene_id: str) -> None:
+def remove_temp_files(ws: Workspace, port: Port, scene_id: str) -> None:
     """Temporary files of this scene's outputs (written then renamed) that a failure, such as
     a full disk, left behind. The run lock keeps any other writer out of these folders."""
     stem = file_stem(scene_id)
@@ -383,12 +394,25 @@ def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
 
     scene_id = scene["scene_id"]
     verify_stored_file(ws, scene)
-    out_dir = ws.root / "detections" / port.name
-    geojson_path = out_dir / f"{file_stem(scene_id)}.geojson"
+    geojson_path = detections_file(ws, port, scene_id)
     collection = detect_scene(scene["path"], geojson_path, port=port, threshold=threshold,
                               weights=weights, progress=False, tta=tta)
     if number is not None:
         number(collection)
+    return store_detections(ws, port, scene, collection, geojson_path, gates)
+
+
+def detections_file(ws: Workspace, port: Port, scene_id: str):
+    return ws.root / "detections" / port.name / f"{file_stem(scene_id)}.geojson"
+
+
+def store_detections(ws: Workspace, port: Port, scene: dict, collection: dict, geojson_path,
+                     gates: Gates) -> SceneReconciliation:
+    """The second half of `process_scene`, given the scene's detections (a FeatureCollection
+    as `detect_scene` returns it, its GeoJSON already written): reconcile with AIS, write the
+    evidence chips and store it all in one transaction. A backfill's coordinator runs this on
+    the detections its workers return."""
+    scene_id = scene["scene_id"]
     top = collection["properties"]
     when = datetime.fromisoformat(scene["acquisition_time"].replace("Z", "+00:00"))
     detections = _detections(collection)

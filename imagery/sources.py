@@ -132,6 +132,7 @@ class FetchOutcome:
     reason: str | None = None
     path: Path | None = None
     cloud_fraction: float | None = None
+    simulated: bool = False
 
 
 def fetch_into_workspace(
@@ -156,6 +157,20 @@ def fetch_into_workspace(
         return _skip(workspace, ref, port, None,
                      f"unusable scene: {ref.extra['unusable']} (file {ref.extra['path']})")
     dest = workspace.scene_path(port.name, ref.acquisition_time, ref.scene_id)
+    checked = fetch_checked(source, ref, port, dest, max_cloud)
+    if checked.status == "skipped":
+        return _skip(workspace, ref, port, dest, checked.reason, checked.cloud_fraction)
+    if checked.status == "failed":
+        return _fail(workspace, ref, port, dest, checked.reason)
+    return record_stored(workspace, ref, port, dest, checked.cloud_fraction, checked.simulated)
+
+
+def fetch_checked(source: SceneSource, ref: SceneRef, port: Port, dest: Path,
+                  max_cloud: float = 100.0) -> FetchOutcome:
+    """Fetch one scene to `dest` and check it (every pixel block readable, AOI in the scene,
+    cloud over the AOI), touching no catalog: `stored` means usable and at `dest`; `skipped`
+    and `failed` say why (the caller removes `dest` and records). A backfill worker runs this
+    on its own disk; `fetch_into_workspace` runs it in the workspace."""
     origin = ref.extra.get("path")  # the file a local scene came from, named in reasons
     try:
         source.fetch(ref, port, dest)
@@ -164,23 +179,31 @@ def fetch_into_workspace(
         cloud = aoi_cloud_fraction(info, port)
     except SceneError as exc:
         named = f" (file {origin})" if origin else ""
-        return _skip(workspace, ref, port, dest, f"unusable scene: {exc.reason}{named}")
+        return FetchOutcome(ref, "skipped", f"unusable scene: {exc.reason}{named}")
     except OSError as exc:
         target = origin or dest
         reason = (f"disk full writing {dest}" if exc.errno == errno.ENOSPC
                   else f"I/O error on {target}: {exc}")
-        return _fail(workspace, ref, port, dest, reason)
+        return FetchOutcome(ref, "failed", reason)
     except Exception as exc:  # network and provider errors: recorded, retried on a later run
-        return _fail(workspace, ref, port, dest, f"{type(exc).__name__}: {exc}")
+        return FetchOutcome(ref, "failed", f"{type(exc).__name__}: {exc}")
     if cloud is not None and cloud >= 0.999:
-        return _skip(workspace, ref, port, dest, "all cloud over the AOI", cloud)
+        return FetchOutcome(ref, "skipped", "all cloud over the AOI", cloud_fraction=cloud)
     if cloud is not None and cloud * 100 > max_cloud:
-        return _skip(workspace, ref, port, dest, f"AOI {cloud:.0%} clouded > {max_cloud:g}%", cloud)
+        return FetchOutcome(ref, "skipped", f"AOI {cloud:.0%} clouded > {max_cloud:g}%",
+                            cloud_fraction=cloud)
+    return FetchOutcome(ref, "stored", path=dest, cloud_fraction=cloud,
+                        simulated=info.simulated)
+
+
+def record_stored(workspace: Workspace, ref: SceneRef, port: Port, dest: Path,
+                  cloud: float | None, simulated: bool) -> FetchOutcome:
+    """Catalog a checked scene file at `dest` as stored (its sha256 is taken from the file)."""
     try:
         workspace.record_scene(
             scene_id=ref.scene_id, port=port.name, source=ref.source,
             acquisition_time=ref.acquisition_time, status="stored", path=dest,
-            cloud_fraction=cloud, simulated=info.simulated,
+            cloud_fraction=cloud, simulated=simulated,
         )
     except (sqlite3.Error, OSError) as exc:
         # Not in the catalog means not stored: remove the file so the workspace is as it was.
