@@ -15,7 +15,6 @@ It runs on pixels between 8 and 10 ground metres (`PIXEL_RANGE_M`); scenes outsi
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -27,28 +26,44 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
-import rasterio
-import shapely
 import torch
 import torch.nn.functional as F
-from pyproj import Transformer
-from rasterio.features import geometry_mask
-from rasterio.windows import Window, from_bounds
-from rasterio.windows import transform as window_transform
-from scipy import ndimage
-from scipy.spatial import cKDTree
 from torch import nn
 
+# Post-processing and output live in their own modules; their public names stay importable
+# from here (tests, training and the CLI import them from imagery.detector).
+from imagery.detection_output import (  # noqa: F401
+    CSV_FIELDS,
+    _to_wgs84,
+    _write_json,
+    check_reflectance_scale,
+    feature_collection,
+    write_csv,
+    zone_visibility,
+)
+from imagery.postprocess import (  # noqa: F401
+    BERTHED_DISTANCE_M,
+    MIN_LAND_AREA_M2,
+    RIDGE_MIN_SCORE,
+    RIDGE_RATIO,
+    RIDGE_REACH_PX,
+    Detection,
+    Peak,
+    _chip_detections,
+    _in_hull,
+    _merge_ridge_peaks,
+    _on_ridge,
+    decode_peaks,
+    heading_from_angle,
+    land_distance_mask,
+    suppress,
+    water_mask,
+)
 from imagery.scene import (
     SCENE_BANDS,
-    SCL_OBSCURED,
-    SCL_WATER,
     SceneError,
     SceneInfo,
-    describe_read_error,
     open_scene,
-    read_scl,
-    read_valid,
 )
 from imagery.tiling import chip_windows, iter_chips
 
@@ -56,16 +71,7 @@ PIXEL_RANGE_M = (8.0, 10.0)  # ground pixel sizes the model is trained for
 LOG_EPS = 0.01  # log(reflectance + eps): haze and gain become offsets, dark water stays finite
 LOG_CENTER, LOG_SCALE = -2.5, 1.0
 CONTRAST_SCALE = 0.05  # a vessel on water stands 0.05-0.3 above its surroundings
-BERTHED_DISTANCE_M = 60.0
-MIN_LAND_AREA_M2 = 50_000.0  # smaller non-water blobs are ships, buoys or noise, not land
 DEFAULT_NAME = "berthnet-s2"
-# Two maxima of the heat joined by a ridge that stays above this fraction of the weaker are
-# one vessel (leave-ports-out F1 0.617 with it and the two-way hull test, 0.615 without).
-RIDGE_RATIO = 0.8
-# The farthest two maxima of one hull can lie apart: half of a 400 m ship at 10 m pixels.
-RIDGE_REACH_PX = 20
-# Weaker maxima are noise at every threshold in use (mining 0.15, detection 0.25 and up).
-RIDGE_MIN_SCORE = 0.1
 
 
 class DetectorError(ValueError):
@@ -378,97 +384,8 @@ def fuse_batchnorm(model: BerthNet) -> BerthNet:
 
 
 # --------------------------------------------------------------------------------------------
-# Decoding
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Peak:
-    x: float  # model-grid pixel coordinates (pixel i spans [i, i + 1))
-    y: float
-    score: float
-    length_px: float
-    width_px: float
-    angle: float  # axis angle in the grid, radians, x right / y down, in [0, pi)
-
-
-def decode_peaks(output: torch.Tensor, threshold: float, kernel: int = 3) -> list[list[Peak]]:
-    """Local maxima of the centre heatmap above `threshold`, per batch item."""
-    heat = torch.sigmoid(output[:, 0:1])
-    peaks = (heat == F.max_pool2d(heat, kernel, 1, kernel // 2)) & (heat >= threshold)
-    result: list[list[Peak]] = []
-    for b in range(output.shape[0]):
-        ys, xs = torch.nonzero(peaks[b, 0], as_tuple=True)
-        reg = output[b, 2:6, ys, xs].T.tolist()
-        scores = heat[b, 0, ys, xs].tolist()
-        items = []
-        for y, x, s, (ll, lw, s2, c2) in zip(ys.tolist(), xs.tolist(), scores, reg, strict=True):
-            angle = (0.5 * math.atan2(s2, c2)) % math.pi
-            items.append(Peak(x + 0.5, y + 0.5, s, math.exp(ll), math.exp(lw), angle))
-        result.append(_merge_ridge_peaks(items, heat[b, 0]))
-    return result
-
-
-def _merge_ridge_peaks(
-    peaks: list[Peak], heat: torch.Tensor, ratio: float = RIDGE_RATIO
-) -> list[Peak]:
-    """Drop a peak joined to a stronger one, within that one's estimated half length, by a
-    ridge of heat that never falls below `ratio` of the weaker peak. A long hull often gives
-    a ridge with two near-equal maxima a few pixels apart (the demo's Vostochny scene of
-    2024-03-19: 0.521 and 0.521, 2 px apart, a 3 % dip between); two vessels give two hills
-    with a valley between. Kept peaks sit in a grid of RIDGE_REACH_PX cells, so each peak is
-    checked against its neighbours only: an untrained model at threshold 0 (hard-negative
-    mining) gives thousands of peaks a chip, and those under RIDGE_MIN_SCORE, below every
-    operating threshold, are kept as they are rather than checked."""
-    kept: list[Peak] = []
-    grid: dict[tuple[int, int], list[Peak]] = {}
-    cell = RIDGE_REACH_PX
-    for p in sorted(peaks, key=lambda p: -p.score):
-        if p.score < RIDGE_MIN_SCORE:
-            kept.append(p)
-            continue
-        cx, cy = int(p.x // cell), int(p.y // cell)
-        near = (q for dx in (-1, 0, 1) for dy in (-1, 0, 1)
-                for q in grid.get((cx + dx, cy + dy), ()))
-        if not any(_on_ridge(q, p, heat, ratio) for q in near):
-            kept.append(p)
-            grid.setdefault((cx, cy), []).append(p)
-    return kept
-
-
-def _on_ridge(strong: Peak, weak: Peak, heat: torch.Tensor, ratio: float) -> bool:
-    dist = math.hypot(weak.x - strong.x, weak.y - strong.y)
-    if dist > min(max(strong.length_px / 2, 1.5), RIDGE_REACH_PX):
-        return False
-    steps = max(2, math.ceil(dist * 2))
-    t = torch.linspace(0, 1, steps + 1)
-    cols = (strong.x + t * (weak.x - strong.x)).floor().long()
-    rows = (strong.y + t * (weak.y - strong.y)).floor().long()
-    return bool(heat[rows, cols].min() >= ratio * weak.score)
-
-
-def heading_from_angle(angle: float) -> float:
-    """Grid axis angle (x right, y down) to an axial heading in degrees clockwise from north."""
-    return math.degrees(math.atan2(math.cos(angle), -math.sin(angle))) % 180.0
-
-
-# --------------------------------------------------------------------------------------------
 # Scene inference
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Detection:
-    px_x: float  # scene pixel coordinates (pixel i spans [i, i + 1))
-    px_y: float
-    score: float
-    length_m: float
-    width_m: float
-    heading_deg: float
-    berthed: bool = False
-    lon: float = 0.0
-    lat: float = 0.0
-    zone: str | None = None
 
 
 def model_pixel_size(native_m: float, pixel_range: tuple[float, float] = PIXEL_RANGE_M) -> float:
@@ -520,116 +437,6 @@ def _run_batch(
     x = x.to(device).contiguous(memory_format=torch.channels_last)
     out = _forward(model, x, present.expand(x.shape[0], -1).to(device), tta)
     return out.float().cpu().contiguous()
-
-
-def water_mask(chip_array: np.ndarray, scl: np.ndarray | None) -> np.ndarray:
-    """Water from SCL class 6 when present, else NDWI(B03, B08) > 0, else dark NIR."""
-    green, nir = chip_array[1], chip_array[3]
-    if scl is not None and (scl == SCL_WATER).any():
-        return scl == SCL_WATER
-    if np.isfinite(green).any() and np.isfinite(nir).any():
-        ndwi = (green - nir) / (green + nir + 1e-6)
-        return np.nan_to_num(ndwi, nan=1.0) > 0.0
-    return np.nan_to_num(nir, nan=0.0) < 0.08
-
-
-def land_distance_mask(
-    water: np.ndarray, vessels: np.ndarray, pixel_m: float, distance_m: float = BERTHED_DISTANCE_M
-) -> np.ndarray:
-    """Pixels within `distance_m` of land. Land is non-water minus the vessels themselves and
-    minus small blobs that do not touch the chip edge (a cut-off coast may be anything)."""
-    land = ~(water | vessels)
-    land = ndimage.binary_opening(land, iterations=1)
-    labels, count = ndimage.label(land)
-    if count:
-        sizes = ndimage.sum_labels(land, labels, index=np.arange(1, count + 1)) * pixel_m**2
-        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        keep = sizes >= MIN_LAND_AREA_M2
-        keep[edge[edge > 0] - 1] = True
-        land = np.concatenate([[False], keep])[labels]
-    if not land.any():
-        return np.zeros_like(land)
-    return ndimage.distance_transform_edt(~land) * pixel_m <= distance_m
-
-
-def _chip_detections(
-    out: torch.Tensor, peaks: list[Peak], chip, info: SceneInfo, scale: float
-) -> list[Detection]:
-    """Peaks of one chip mapped to scene pixels; keeps only those in the chip's core."""
-    win, core = chip.window, chip.core
-    owned = []
-    for p in peaks:
-        col, row = win.col_off + p.x * scale, win.row_off + p.y * scale
-        if (core.col_off <= col < core.col_off + core.width
-                and core.row_off <= row < core.row_off + core.height):
-            owned.append((p, col, row))
-    if not owned:
-        return []  # most chips of a tile: skip the land mask
-    native_size = (int(win.height), int(win.width))
-    vessels = torch.sigmoid(out[1:2][None])
-    if vessels.shape[-2:] != native_size:
-        vessels = F.interpolate(vessels, size=native_size, mode="bilinear")
-    near_land = land_distance_mask(
-        water_mask(chip.array, chip.scl), vessels[0, 0].numpy() > 0.5, info.pixel_size_m
-    )
-    model_m = info.pixel_size_m * scale
-    found = []
-    for p, col, row in owned:
-        r = min(int(row - win.row_off), native_size[0] - 1)
-        c = min(int(col - win.col_off), native_size[1] - 1)
-        found.append(
-            Detection(
-                px_x=col,
-                px_y=row,
-                score=p.score,
-                length_m=p.length_px * model_m,
-                width_m=p.width_px * model_m,
-                heading_deg=heading_from_angle(p.angle),
-                berthed=bool(near_land[r, c]),
-            )
-        )
-    return found
-
-
-def suppress(
-    detections: list[Detection], pixel_m: float, radius_px: float, box_fraction: float = 0.0
-) -> list[Detection]:
-    """Greedy NMS in scene pixels: drop a detection within `radius_px` of a higher-scoring one
-    (seam duplicates), or, with `box_fraction` > 0, when either centre lies inside the other's
-    estimated hull scaled by that fraction (a second peak along one long vessel). Vessels side
-    by side stay apart: their centres lie outside each other's hull across the beam."""
-    if not detections:
-        return []
-    order = sorted(detections, key=lambda d: -d.score)
-    xy = np.array([(d.px_x, d.px_y) for d in order])
-    reach = max(radius_px, box_fraction * max(d.length_m for d in order) / pixel_m / 2)
-    tree = cKDTree(xy)
-    dropped = np.zeros(len(order), dtype=bool)
-    for i, d in enumerate(order):
-        if dropped[i]:
-            continue
-        for j in tree.query_ball_point(xy[i], reach):
-            if j <= i or dropped[j]:
-                continue
-            off = xy[j] - xy[i]
-            near = math.hypot(*off) <= radius_px
-            # Either centre inside the other's hull: the size and heading estimates of two
-            # peaks on one hull differ, and the narrower one may miss the other's centre.
-            inside = box_fraction > 0 and (_in_hull(off, d, pixel_m, box_fraction)
-                                           or _in_hull(-off, order[j], pixel_m, box_fraction))
-            dropped[j] = near or inside
-    return [d for d, gone in zip(order, dropped, strict=True) if not gone]
-
-
-def _in_hull(offset: np.ndarray, d: Detection, pixel_m: float, fraction: float) -> bool:
-    """Whether a point `offset` scene pixels from `d`'s centre lies in `d`'s estimated hull
-    (its length x width rectangle along its heading) scaled by `fraction`."""
-    h = math.radians(d.heading_deg)
-    axis = (math.sin(h), -math.cos(h))  # heading (clockwise from north) in grid x right, y down
-    along = offset[0] * axis[0] + offset[1] * axis[1]
-    across = offset[0] * axis[1] - offset[1] * axis[0]
-    return (abs(along) <= fraction * d.length_m / pixel_m / 2
-            and abs(across) <= fraction * d.width_m / pixel_m / 2)
 
 
 def _batched(items: Iterator, size: int) -> Iterator[list]:
@@ -695,135 +502,6 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="chip", disable=not enabled, leave=False)
 
 
-# --------------------------------------------------------------------------------------------
-# GeoJSON / CSV output
-# --------------------------------------------------------------------------------------------
-
-
-def _to_wgs84(info: SceneInfo, detections: list[Detection]) -> None:
-    if not detections:
-        return
-    xs, ys = zip(*(info.transform * (d.px_x, d.px_y) for d in detections), strict=True)
-    to_ll = Transformer.from_crs(info.crs, "EPSG:4326", always_xy=True)
-    lons, lats = to_ll.transform(np.array(xs), np.array(ys))
-    for d, lon, lat in zip(detections, lons, lats, strict=True):
-        d.lon, d.lat = float(lon), float(lat)
-
-
-def zone_visibility(info: SceneInfo, geometry_wgs84) -> float:
-    """Fraction of a zone that is visible: inside the scene, holding data (`read_valid`: no
-    nodata, no all-zero fill) and, when the scene has SCL, not obscured (SCL_OBSCURED). Zones
-    smaller than a pixel are judged by their centre pixel."""
-    to_scene = Transformer.from_crs("EPSG:4326", info.crs, always_xy=True)
-    geom = shapely.transform(geometry_wgs84, lambda xy: np.column_stack(
-        to_scene.transform(xy[:, 0], xy[:, 1])))
-    win = from_bounds(*geom.bounds, transform=info.transform).round_offsets().round_lengths()
-    win = Window(win.col_off, win.row_off, max(1, win.width), max(1, win.height))
-    shape = (int(win.height), int(win.width))
-    inside = ~geometry_mask([geom], shape, window_transform(win, info.transform))
-    if not inside.any():
-        inside[shape[0] // 2, shape[1] // 2] = True
-    visible = read_valid(info, win)
-    scl = read_scl(info, win)
-    if scl is not None:
-        visible &= ~np.isin(scl, SCL_OBSCURED)
-    return round(float(visible[inside].mean()), 4)
-
-
-def feature_collection(
-    info: SceneInfo,
-    detections: list[Detection],
-    entry: WeightsEntry,
-    threshold: float,
-    port=None,
-    min_length_m: float = 0.0,
-    tta: bool = False,
-) -> dict:
-    """The design.md GeoJSON: WGS84 points with per-vessel and per-zone properties."""
-    features = []
-    for d in detections:
-        props = {
-            "score": round(d.score, 4),
-            "length_m": round(d.length_m, 1),
-            "width_m": round(d.width_m, 1),
-            "heading_deg": round(d.heading_deg, 1),
-            "berthed": d.berthed,
-            "zone": d.zone,
-            "px_x": round(d.px_x, 2),
-            "px_y": round(d.px_y, 2),
-        }
-        geometry = {"type": "Point", "coordinates": [round(d.lon, 7), round(d.lat, 7)]}
-        features.append({"type": "Feature", "geometry": geometry, "properties": props})
-    zones = {}
-    for zone in port.zones if port is not None else ():
-        zones[zone.name] = {
-            "count": sum(d.zone == zone.name for d in detections),
-            "visible_fraction": zone_visibility(info, zone.geometry),
-        }
-    when = info.acquisition_time
-    properties = {
-        "scene_id": info.scene_id,
-        "acquisition_time": when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None,
-        "port": port.name if port is not None else info.port,
-        "model": entry.name,
-        "weights_sha256": entry.sha256,
-        "threshold": threshold,
-        "min_length_m": min_length_m,
-        "tta": tta,
-        "count": len(detections),
-        "zones": zones,
-        "simulated": info.simulated,
-    }
-    return {"type": "FeatureCollection", "properties": properties, "features": features}
-
-
-CSV_FIELDS = ("lon", "lat", "score", "length_m", "width_m", "heading_deg", "berthed", "zone",
-              "px_x", "px_y")
-
-
-def write_csv(collection: dict, path: str | os.PathLike) -> Path:
-    """One row per detection, with the scene id and time on every row."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    top = collection["properties"]
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(("scene_id", "acquisition_time", *CSV_FIELDS))
-        for f in collection["features"]:
-            lon, lat = f["geometry"]["coordinates"]
-            p = f["properties"]
-            row = [lon, lat, *(p[k] for k in CSV_FIELDS[2:])]
-            writer.writerow((top["scene_id"], top["acquisition_time"], *row))
-    return path
-
-
-def _write_json(doc: dict, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def check_reflectance_scale(info: SceneInfo) -> None:
-    """Refuse a scene whose pixels do not read as reflectance (a missing or wrong
-    REFLECTANCE_SCALE): its median, from a decimated read, must be below 1."""
-    band = next((b for b in ("B08", "B04", "B11") if b in info.bands), info.bands[0])
-    try:
-        with rasterio.open(info.path) as src:
-            sample = src.read(info.band_index(band), out_shape=(min(info.height, 128),
-                                                                min(info.width, 128)))
-    except rasterio.errors.RasterioError as exc:
-        # A file whose header and first block read but whose body is damaged.
-        raise SceneError(info.path, f"corrupt pixel data ({describe_read_error(exc)})") from None
-    median = float(np.median(sample)) / info.reflectance_scale
-    if not median < 1.0:
-        raise SceneError(
-            info.path, f"{band} reads as reflectance {median:.3g} (median) with "
-            f"REFLECTANCE_SCALE={info.reflectance_scale:g}: the scale is wrong or unknown; "
-            "set the REFLECTANCE_SCALE tag (10000 for Sentinel-2 L2A digital numbers)"
-        )
 
 
 def decode_options(entry: WeightsEntry) -> dict:
