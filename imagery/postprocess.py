@@ -108,7 +108,6 @@ def heading_from_angle(angle: float) -> float:
     return math.degrees(math.atan2(math.cos(angle), -math.sin(angle))) % 180.0
 
 
-
 @dataclass
 class Detection:
     px_x: float  # scene pixel coordinates (pixel i spans [i, i + 1))
@@ -121,7 +120,6 @@ class Detection:
     lon: float = 0.0
     lat: float = 0.0
     zone: str | None = None
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,32 +144,32 @@ def land_distance_mask(
     """Pixels within `distance_m` of land. Land is non-water minus the vessels themselves and
     minus small blobs that do not touch the chip edge (a cut-off coast may be anything)."""
     land = ~(water | vessels)
-    land = ndimage.binary_opening(land, iterations=1)
-    labels, count = ndimage.label(land)
-    if count:
-        sizes = ndimage.sum_labels(land, labels, index=np.arange(1, count + 1)) * pixel_m**2
-        edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-        keep = sizes >= MIN_LAND_AREA_M2
-        keep[edge[edge > 0] - 1] = True
-        land = np.concatenate([[False], keep])[labels]
+    land = drop_small_blobs(ndimage.binary_opening(land, iterations=1), pixel_m)
     if not land.any():
         return np.zeros_like(land)
     return ndimage.distance_transform_edt(~land) * pixel_m <= distance_m
 
 
+def drop_small_blobs(land: np.ndarray, pixel_m: float) -> np.ndarray:
+    """`land` without its connected blobs (4-connected) under MIN_LAND_AREA_M2 that do not
+    touch the chip edge. Both implementations share it: labelling is sequential work."""
+    labels, count = ndimage.label(land)
+    if not count:
+        return land
+    sizes = ndimage.sum_labels(land, labels, index=np.arange(1, count + 1)) * pixel_m**2
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    keep = sizes >= MIN_LAND_AREA_M2
+    keep[edge[edge > 0] - 1] = True
+    return np.concatenate([[False], keep])[labels]
 
 
-def _chip_detections(
+
+def chip_detections(
     out: torch.Tensor, peaks: list[Peak], chip, info: SceneInfo, scale: float
 ) -> list[Detection]:
     """Peaks of one chip mapped to scene pixels; keeps only those in the chip's core."""
-    win, core = chip.window, chip.core
-    owned = []
-    for p in peaks:
-        col, row = win.col_off + p.x * scale, win.row_off + p.y * scale
-        if (core.col_off <= col < core.col_off + core.width
-                and core.row_off <= row < core.row_off + core.height):
-            owned.append((p, col, row))
+    win = chip.window
+    owned = owned_peaks(peaks, chip, scale)
     if not owned:
         return []  # most chips of a tile: skip the land mask
     native_size = (int(win.height), int(win.width))
@@ -182,23 +180,34 @@ def _chip_detections(
         water_mask(chip.array, chip.scl), vessels[0, 0].numpy() > 0.5, info.pixel_size_m
     )
     model_m = info.pixel_size_m * scale
-    found = []
-    for p, col, row in owned:
-        r = min(int(row - win.row_off), native_size[0] - 1)
-        c = min(int(col - win.col_off), native_size[1] - 1)
-        found.append(
-            Detection(
-                px_x=col,
-                px_y=row,
-                score=p.score,
-                length_m=p.length_px * model_m,
-                width_m=p.width_px * model_m,
-                heading_deg=heading_from_angle(p.angle),
-                berthed=bool(near_land[r, c]),
-            )
-        )
-    return found
+    return [_detection(p, col, row, model_m, bool(near_land[_native_pixel(chip, col, row)]))
+            for p, col, row in owned]
 
+
+def owned_peaks(peaks: list[Peak], chip, scale: float) -> list[tuple[Peak, float, float]]:
+    """(peak, scene column, scene row) of the peaks in the chip's core (cores partition the
+    scene, so each vessel is reported by one chip)."""
+    win, core = chip.window, chip.core
+    owned = []
+    for p in peaks:
+        col, row = win.col_off + p.x * scale, win.row_off + p.y * scale
+        if (core.col_off <= col < core.col_off + core.width
+                and core.row_off <= row < core.row_off + core.height):
+            owned.append((p, col, row))
+    return owned
+
+
+def _native_pixel(chip, col: float, row: float) -> tuple[int, int]:
+    """The chip pixel (row, column) holding scene point (col, row)."""
+    win = chip.window
+    return (min(int(row - win.row_off), int(win.height) - 1),
+            min(int(col - win.col_off), int(win.width) - 1))
+
+
+def _detection(p: Peak, col: float, row: float, model_m: float, berthed: bool) -> Detection:
+    return Detection(px_x=col, px_y=row, score=p.score, length_m=p.length_px * model_m,
+                     width_m=p.width_px * model_m, heading_deg=heading_from_angle(p.angle),
+                     berthed=berthed)
 
 
 
@@ -243,3 +252,202 @@ def _in_hull(offset: np.ndarray, d: Detection, pixel_m: float, fraction: float) 
             and abs(across) <= fraction * d.width_m / pixel_m / 2)
 
 
+
+
+# --------------------------------------------------------------------------------------------
+# Batched torch path (the model's device): what detector.detect runs
+# --------------------------------------------------------------------------------------------
+
+
+def batch_detections(
+    out: torch.Tensor,
+    raw: torch.Tensor,
+    scl: torch.Tensor | None,
+    chips: list,
+    pixel_m: float,
+    scale: float,
+    threshold: float,
+    kernel: int = 3,
+) -> list[Detection]:
+    """`chip_detections` of a whole batch, on the device of `out`: the model output (B, 6,
+    S, S), `raw` the chips' native reflectance (B, C, h, w) with NaN past the scene edge and
+    `scl` their SCL classes (B, h, w) or None. Only the peaks above `threshold` come back to
+    the host; the masks are made only for the chips that own one of them."""
+    peaks = decode_peaks_batch(out, threshold, kernel)
+    owned = [owned_peaks(p, chip, scale) for p, chip in zip(peaks, chips, strict=True)]
+    busy = [i for i, o in enumerate(owned) if o]
+    if not busy:
+        return []  # most batches of a tile
+    pixels = [(k, *_native_pixel(chips[i], col, row))
+              for k, i in enumerate(busy) for _, col, row in owned[i]]
+    near = land_distance_at(out[busy, 1:2], raw[busy], None if scl is None else scl[busy],
+                            pixel_m, pixels)
+    model_m = pixel_m * scale
+    flags = iter(near)
+    return [_detection(p, col, row, model_m, next(flags))
+            for i in busy for p, col, row in owned[i]]
+
+
+def decode_peaks_batch(output: torch.Tensor, threshold: float, kernel: int = 3) -> list[list[Peak]]:
+    """`decode_peaks` for a batch on the output's device: heat maxima found and their
+    regression values gathered as tensors, one transfer of the (few) peaks to the host."""
+    heat = torch.sigmoid(output[:, 0:1])
+    is_peak = (heat == F.max_pool2d(heat, kernel, 1, kernel // 2)) & (heat >= threshold)
+    b, _, y, x = torch.nonzero(is_peak, as_tuple=True)  # row-major, as decode_peaks
+    values = output[b, 2:6, y, x].reshape(-1, 4)
+    table = torch.cat([torch.stack([b, y, x], 1).to(values.dtype), heat[b, 0, y, x][:, None],
+                       values], 1).cpu().numpy().astype(np.float64)
+    result: list[list[Peak]] = [[] for _ in range(output.shape[0])]
+    angle = (0.5 * np.arctan2(table[:, 6], table[:, 7])) % math.pi
+    length, width = np.exp(table[:, 4]), np.exp(table[:, 5])
+    # Scores as float32 values, as decode_peaks reads them.
+    scores = table[:, 3].astype(np.float32).tolist()
+    for k, (bi, yi, xi) in enumerate(table[:, :3].astype(int).tolist()):
+        result[bi].append(Peak(xi + 0.5, yi + 0.5, scores[k], float(length[k]),
+                               float(width[k]), float(angle[k])))
+    return merge_ridges_batch(result, heat[:, 0])
+
+
+def merge_ridges_batch(
+    peaks: list[list[Peak]], heat: torch.Tensor, ratio: float = RIDGE_RATIO
+) -> list[list[Peak]]:
+    """`_merge_ridge_peaks` for a batch: every (stronger, weaker) pair close enough to be one
+    hull is tested at once, sampling the heat along the segment on its device; the greedy
+    pass then runs over the few peaks above RIDGE_MIN_SCORE only."""
+    order = [sorted(p, key=lambda q: -q.score) for p in peaks]
+    pairs = [(b, i, j) for b, chip in enumerate(order) for i, j in _ridge_candidates(chip)]
+    joined: dict[tuple[int, int], list[int]] = {}  # (chip, weaker) -> stronger partners
+    if pairs:
+        for (b, i, j), hit in zip(pairs, _ridge_test(pairs, order, heat, ratio), strict=True):
+            if hit:
+                joined.setdefault((b, j), []).append(i)
+    merged = []
+    for b, chip in enumerate(order):
+        kept, checked = [], set()  # checked: kept peaks that can absorb weaker ones
+        for j, p in enumerate(chip):
+            if p.score >= RIDGE_MIN_SCORE:
+                if any(i in checked for i in joined.get((b, j), ())):
+                    continue
+                checked.add(j)
+            kept.append(p)
+        merged.append(kept)
+    return merged
+
+
+def _ridge_candidates(chip: list[Peak]) -> list[tuple[int, int]]:
+    """(stronger, weaker) index pairs, both at least RIDGE_MIN_SCORE, within the stronger's
+    reach (half its length, at least 1.5 px, at most RIDGE_REACH_PX)."""
+    idx = [k for k, p in enumerate(chip) if p.score >= RIDGE_MIN_SCORE]
+    if len(idx) < 2:
+        return []
+    xy = np.array([(chip[k].x, chip[k].y) for k in idx])
+    found = []
+    for a, c in cKDTree(xy).query_pairs(RIDGE_REACH_PX):
+        i, j = sorted((idx[a], idx[c]))
+        strong, weak = chip[i], chip[j]
+        dist = math.hypot(weak.x - strong.x, weak.y - strong.y)
+        if dist <= min(max(strong.length_px / 2, 1.5), RIDGE_REACH_PX):
+            found.append((i, j))
+    return found
+
+
+def _ridge_test(pairs, order, heat: torch.Tensor, ratio: float) -> list[bool]:
+    """Whether the heat stays at or above `ratio` of the weaker peak all along each pair's
+    segment; the sample points are computed as `_on_ridge` computes them (float32 on the
+    host, same linspace), so that both pick the same pixels."""
+    most = 2 * RIDGE_REACH_PX + 1
+    tables = {s: torch.linspace(0, 1, s + 1) for s in range(2, most + 1)}
+    ts, sx, dx, sy, dy, floor = [], [], [], [], [], []
+    for b, i, j in pairs:
+        strong, weak = order[b][i], order[b][j]
+        steps = max(2, math.ceil(math.hypot(weak.x - strong.x, weak.y - strong.y) * 2))
+        t = tables[steps]
+        ts.append(torch.cat([t, t[-1:].expand(most + 1 - len(t))]))  # pad: repeat the end
+        sx.append(strong.x), dx.append(weak.x - strong.x)
+        sy.append(strong.y), dy.append(weak.y - strong.y)
+        floor.append(ratio * weak.score)
+    t = torch.stack(ts)
+    col = lambda v: torch.tensor(v, dtype=torch.float32)[:, None]  # noqa: E731
+    cols = (col(sx) + t * col(dx)).floor().long()
+    rows = (col(sy) + t * col(dy)).floor().long()
+    batch = torch.tensor([b for b, _, _ in pairs])[:, None].expand_as(cols)
+    lowest = heat[batch.to(heat.device), rows.to(heat.device), cols.to(heat.device)].amin(1)
+    return (lowest >= col(floor)[:, 0].to(heat.device)).cpu().tolist()
+
+
+def water_mask_batch(raw: torch.Tensor, scl: torch.Tensor | None) -> torch.Tensor:
+    """`water_mask` per chip of a batch (B, h, w): SCL class 6 where a chip has any, else
+    NDWI(B03, B08) > 0 where it has optical data, else dark NIR."""
+    green, nir = raw[:, 1], raw[:, 3]
+    ndwi = torch.nan_to_num((green - nir) / (green + nir + 1e-6), nan=1.0) > 0.0
+    dark = torch.nan_to_num(nir, nan=0.0) < 0.08
+    optical = torch.isfinite(green).flatten(1).any(1) & torch.isfinite(nir).flatten(1).any(1)
+    water = torch.where(optical[:, None, None], ndwi, dark)
+    if scl is not None:
+        classed = scl == SCL_WATER
+        water = torch.where(classed.flatten(1).any(1)[:, None, None], classed, water)
+    return water
+
+
+def binary_opening_batch(mask: torch.Tensor) -> torch.Tensor:
+    """ndimage.binary_opening with its default cross and border 0, on a batch (B, h, w): the
+    cross's sums by a 3x3 convolution with zero padding (exact on 0/1 values)."""
+    cross = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 1.0, 0.0]],
+                         device=mask.device)[None, None]
+    eroded = (F.conv2d(mask[:, None].float(), cross, padding=1) > 4.5).float()
+    return F.conv2d(eroded, cross, padding=1)[:, 0] > 0.5
+
+
+def disk_offsets(pixel_m: float, distance_m: float) -> dict[int, int]:
+    """Half-width of each row of the disk of pixels whose centres lie within `distance_m`
+    (the test distance_transform_edt's mask makes: sqrt(dy^2 + dx^2) * pixel_m <= d)."""
+    reach = int(distance_m // pixel_m) + 1
+    rows = {}
+    for dy in range(-reach, reach + 1):
+        dxs = [dx for dx in range(reach + 1)
+               if math.sqrt(dy * dy + dx * dx) * pixel_m <= distance_m]
+        if dxs:
+            rows[dy] = max(dxs)
+    return rows
+
+
+def near_land_at(
+    land: torch.Tensor, pixels: torch.Tensor, pixel_m: float, distance_m: float
+) -> torch.Tensor:
+    """Whether each of `pixels` (N, 3: chip, row, col) lies within `distance_m` of a True
+    pixel of `land` (B, h, w): the disk-shaped dilation of the land read at those pixels
+    only, a gather of the disk's offsets around each on the land's device. It equals
+    distance_transform_edt(~land) * pixel_m <= distance_m there, without a whole-chip
+    transform (a full dilation costs as much as the model's first layer on a CPU)."""
+    offsets = torch.tensor([(dy, dx) for dy, half in disk_offsets(pixel_m, distance_m).items()
+                            for dx in range(-half, half + 1)], device=land.device)
+    rows = pixels[:, 1:2] + offsets[None, :, 0]
+    cols = pixels[:, 2:3] + offsets[None, :, 1]
+    inside = (rows >= 0) & (rows < land.shape[1]) & (cols >= 0) & (cols < land.shape[2])
+    chips = pixels[:, 0:1].expand_as(rows)
+    hits = land[chips, rows.clamp(0, land.shape[1] - 1), cols.clamp(0, land.shape[2] - 1)]
+    return (hits & inside).any(1)
+
+
+def land_distance_at(
+    vessel_logits: torch.Tensor,
+    raw: torch.Tensor,
+    scl: torch.Tensor | None,
+    pixel_m: float,
+    pixels: list[tuple[int, int, int]],
+    distance_m: float = BERTHED_DISTANCE_M,
+) -> list[bool]:
+    """`land_distance_mask` of each chip of a batch, read at `pixels` (chip, row, col).
+    Water, vessels, the opening and the disk test run on the device; dropping the small
+    blobs needs connected components, done on the host (scipy, as the reference) for these
+    chips only: the opened land goes there and back, a bit per pixel of the few chips that
+    own a peak."""
+    native = raw.shape[-2:]
+    vessels = torch.sigmoid(vessel_logits)
+    if vessels.shape[-2:] != native:
+        vessels = F.interpolate(vessels, size=native, mode="bilinear")
+    land = binary_opening_batch(~(water_mask_batch(raw, scl) | (vessels[:, 0] > 0.5)))
+    host = land.cpu().numpy()
+    kept = torch.from_numpy(np.stack([drop_small_blobs(m, pixel_m) for m in host]))
+    where = torch.tensor(pixels, dtype=torch.long, device=land.device).reshape(-1, 3)
+    return near_land_at(kept.to(land.device), where, pixel_m, distance_m).cpu().tolist()
