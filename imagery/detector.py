@@ -442,7 +442,7 @@ def _run_batch(
     return out.float().cpu().contiguous()
 
 
-GPU_BATCH = 8  # chips per batch on a GPU: enough in flight to keep it busy, ~1 GB at 512 px
+GPU_BATCH = 8  # chips per batch on a GPU: several chips in flight keep it busy
 
 
 def model_device(model: nn.Module) -> torch.device:
