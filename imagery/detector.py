@@ -15,6 +15,7 @@ It runs on pixels between 8 and 10 ground metres (`PIXEL_RANGE_M`); scenes outsi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -565,7 +566,8 @@ def detect(
     bar = _progress(total, f"detect {info.scene_id}", progress)
     found: list[Detection] = []
     staged = _read_ahead(_staged_batches(chips, batch_size, device.type == "cuda"))
-    with torch.inference_mode():
+    # closing: an error here stops the reader thread now, not when the traceback is freed.
+    with contextlib.closing(staged), torch.inference_mode():
         for batch, raw, scl in staged:
             if reference:
                 out = _run_batch(model, [c.array for c in batch], present, chip_size, tta)

@@ -268,3 +268,28 @@ def test_evaluate_loads_the_model_on_the_device_asked(simulated_labelled, tiny_w
                  "--device", "cpu", "--threads", "1"]) == 0
     assert seen and set(seen) == {"cpu"}
     assert "POOLED" in capsys.readouterr().out
+
+
+# --- the reader thread -----------------------------------------------------------------------
+
+
+def test_reader_thread_hands_over_errors_and_stops_when_left():
+    import itertools
+    import threading
+
+    from imagery.detector import _read_ahead
+
+    def failing():
+        yield 1
+        yield 2
+        raise OSError("block 7 unreadable")
+
+    got = []
+    with pytest.raises(OSError, match="block 7"):
+        for item in _read_ahead(failing()):
+            got.append(item)
+    assert got == [1, 2]
+    endless = _read_ahead(itertools.count())
+    assert [next(endless) for _ in range(3)] == [0, 1, 2]
+    endless.close()
+    assert not [t for t in threading.enumerate() if t.name == "detect-reader"]
