@@ -147,8 +147,16 @@ def bench_network(model, info, chip: int, device: str) -> dict:
         _sync(device)
     seconds = time.perf_counter() - start
     mpx = batch * passes * chip * chip / 1e6
-    return {"batch": batch, "passes": passes, "seconds": round(seconds, 3),
-            "chip_mp_per_s": round(mpx / seconds, 2)}
+    result = {"batch": batch, "passes": passes, "seconds": round(seconds, 3),
+              "chip_mp_per_s": round(mpx / seconds, 2)}
+    if device != "cpu":  # torch's default runs cuDNN's fp32 convolutions in TF32
+        result["cudnn_allow_tf32"] = torch.backends.cudnn.allow_tf32
+        if torch.backends.cudnn.allow_tf32:
+            torch.backends.cudnn.allow_tf32 = False
+            result["chip_mp_per_s_strict_fp32"] = bench_network(model, info, chip,
+                                                                device)["chip_mp_per_s"]
+            torch.backends.cudnn.allow_tf32 = True
+    return result
 
 
 def whole_process(cmd: list[str]) -> float:
@@ -221,7 +229,10 @@ def _print_detector(r: dict, full_tile: bool) -> None:
           f"({r['detections']} detections, {r['model']})"
           + (" [full tile]" if full_tile else ""))
     print(f"    network alone: {n['chip_mp_per_s']} MP/s of chip pixels ({n['passes']} passes "
-          f"of {n['batch']} chip(s) in {n['seconds']} s)")
+          f"of {n['batch']} chip(s) in {n['seconds']} s"
+          + (f"; cudnn.allow_tf32={n['cudnn_allow_tf32']}" if "cudnn_allow_tf32" in n else "")
+          + (f"; strict fp32 {n['chip_mp_per_s_strict_fp32']} MP/s"
+             if "chip_mp_per_s_strict_fp32" in n else "") + ")")
 
 
 def main(argv: list[str] | None = None) -> None:

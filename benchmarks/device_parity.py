@@ -75,14 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     dev_model, _ = load_model(None, args.device)
     options = decode_options(entry)
     failures = 0
+    default_tf32 = torch.backends.cudnn.allow_tf32
     with tempfile.TemporaryDirectory(prefix="bw-parity-") as tmp:
         for path in scenes(Path(tmp)):
             info = open_scene(path, require_bands=None)
             want = detect(info, cpu_model, args.threshold, reference=True, **options)
-            got = detect(info, dev_model, args.threshold, **options)
-            result = compare(got, want)
-            failures += not result["ok"]
-            print(f"parity {info.scene_id} ({args.device} vs CPU reference): {result}")
+            # torch's default lets cuDNN run fp32 convolutions in TF32 (10-bit mantissas);
+            # both are compared, the default first: it is what `detect --device cuda` does.
+            for tf32 in dict.fromkeys([default_tf32, False]):
+                torch.backends.cudnn.allow_tf32 = tf32
+                got = detect(info, dev_model, args.threshold, **options)
+                result = compare(got, want)
+                failures += not result["ok"] and tf32 == default_tf32
+                print(f"parity {info.scene_id} ({args.device}, cudnn.allow_tf32={tf32}, vs "
+                      f"CPU reference): {result}", flush=True)
+            torch.backends.cudnn.allow_tf32 = default_tf32
     print(f"parity: {'all scenes within tolerance' if not failures else f'{failures} FAILED'}")
     return 1 if failures else 0
 
