@@ -68,13 +68,12 @@ def test_simulated_scene_same_detections_on_both_paths(shipped, tmp_path, port, 
                         cloud_fraction=cloud)
     info = open_scene(tmp_path / "s.tif")
     options = decode_options(entry)
-    # Threshold 0.1 gives many peaks (ridge merges, hull suppression); batches of three
-    # chips exercise the batched masks as a GPU runs them.
-    for threshold in (entry.threshold, 0.1):
-        want = detect(info, model, threshold, reference=True, **options)
-        got = detect(info, model, threshold, batch_size=3, **options)
-        assert want, "the scene should hold detections to compare"
-        assert_same_detections(got, want)
+    # Threshold 0.1, under the operating one, gives many peaks (ridge merges, hull
+    # suppression); batches of three chips exercise the batched masks as a GPU runs them.
+    want = detect(info, model, 0.1, reference=True, **options)
+    got = detect(info, model, 0.1, batch_size=3, **options)
+    assert len(want) > 5, "the scene should hold detections to compare"
+    assert_same_detections(got, want)
     assert any(d.berthed for d in want) and not all(d.berthed for d in want)
 
 
