@@ -71,7 +71,7 @@ def test_simulated_scene_same_detections_on_both_paths(shipped, tmp_path, port, 
     # Threshold 0.1, under the operating one, gives many peaks (ridge merges, hull
     # suppression); batches of three chips exercise the batched masks as a GPU runs them.
     want = detect(info, model, 0.1, reference=True, **options)
-    got = detect(info, model, 0.1, batch_size=3, **options)
+    got = detect(info, model, 0.1, batch_size=3, readers=3, **options)  # as on a GPU
     assert len(want) > 5, "the scene should hold detections to compare"
     assert_same_detections(got, want)
     assert any(d.berthed for d in want) and not all(d.berthed for d in want)
@@ -292,3 +292,18 @@ def test_reader_thread_hands_over_errors_and_stops_when_left():
     assert [next(endless) for _ in range(3)] == [0, 1, 2]
     endless.close()
     assert not [t for t in threading.enumerate() if t.name == "detect-reader"]
+
+
+def test_parallel_readers_report_a_corrupt_block_as_one_reader_does(shipped, tmp_path):
+    from test_scene import write_corrupt_middle
+
+    from imagery.scene import SceneError
+
+    model, entry = shipped
+    info = open_scene(write_corrupt_middle(tmp_path / "middle.tif"))
+    messages = []
+    for readers in (1, 3):
+        with pytest.raises(SceneError, match="middle.tif: cannot read pixels") as caught:
+            detect(info, model, 0.5, chip_size=128, batch_size=2, readers=readers)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1]
