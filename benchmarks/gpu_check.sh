@@ -29,11 +29,11 @@ step 100 "device parity" "$PY" benchmarks/device_parity.py --device cuda
 # 2. In-process CPU (2 threads) and GPU (network alone, fp32; detect() end to end) on a
 #    4096 x 4096 scene; Faster R-CNN in-process on the CPU; whole process (berthwatch detect
 #    against benchmarks/rcnn_detect.py) on a 2048 x 2048 scene, on the CPU and on the GPU.
-step 200 "throughput, 4096 x 4096 and whole process 2048 x 2048" \
+step 230 "throughput, 4096 x 4096 and whole process 2048 x 2048" \
     "$PY" benchmarks/detect_bench.py --device cuda --threads 2
 # 3. A full 10980 x 10980 tile end to end on the GPU (reading included): seconds, peak RSS,
 #    peak GPU memory. (The 2-core CPU full tile is measured by benchmarks/detect_bench.py
 #    --full-tile --device cpu on a 2-core machine.)
-step 170 "full tile on the GPU" \
+step 140 "full tile on the GPU" \
     "$PY" benchmarks/detect_bench.py --device cuda --full-tile --gpu-only
 echo "=== done after $SECONDS s"
