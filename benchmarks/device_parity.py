@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
             want = detect(info, cpu_model, args.threshold, reference=True, **options)
             # torch's default lets cuDNN run fp32 convolutions in TF32 (10-bit mantissas);
             # both are compared, the default first: it is what `detect --device cuda` does.
-            for tf32 in dict.fromkeys([default_tf32, False]):
+            for tf32 in dict.fromkeys([default_tf32, False] if args.device != "cpu" else
+                                      [default_tf32]):
                 torch.backends.cudnn.allow_tf32 = tf32
                 got = detect(info, dev_model, args.threshold, **options)
                 result = compare(got, want)
