@@ -193,8 +193,9 @@ def bench_rcnn(scene: Path, threads: int, chip: int, overlap: int, n_chips: int,
     info = open_scene(scene)
     total = len(chip_windows(info.width, info.height, chip, overlap))
     chips = iter_chips(info, chip, overlap, ("B04", "B03", "B02"))
-    images = [torch.from_numpy(np.nan_to_num(next(chips).array) * 3.0).clamp(0, 1)
-              for _ in range(n_chips + 1)]
+    images = [torch.from_numpy(np.nan_to_num(c.array) * 3.0).clamp(0, 1)
+              for _, c in zip(range(n_chips + 1), chips, strict=False)]
+    images = (images * (n_chips + 1))[: n_chips + 1]  # a scene with fewer chips repeats them
     with torch.inference_mode():
         model([images[0]])  # warm-up, not timed
         start = time.perf_counter()
