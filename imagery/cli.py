@@ -292,10 +292,12 @@ def _run_once(args: argparse.Namespace) -> int:
     end = args.until or datetime.now(UTC)
     start = args.since or end - timedelta(days=14)
     _check_order(start, end, "--since", "--until" if args.until else "now")
+    device = _device(args)  # before the workspace is touched
     ws = _writing_workspace(args, args.command, full_schema=True)
     try:
         report = run_pass(ws, ports, source, start, end, max_cloud=args.max_cloud,
-                          weights=args.weights, threshold=args.threshold, tta=args.tta)
+                          weights=args.weights, threshold=args.threshold, tta=args.tta,
+                          device=device)
     except DetectorError as exc:  # e.g. a promoted model whose file was altered
         raise UserError(str(exc)) from None
     _print_report(report)
@@ -333,10 +335,11 @@ def _redetect(args: argparse.Namespace) -> int:
     from imagery.redetect import redetect
 
     ports = [_port(args)] if args.port else list(_ports(args).values())
+    device = _device(args)
     ws = _writing_workspace(args, args.command, full_schema=True)
     try:
         report = redetect(ws, ports, args.weights, args.since,
-                          args.threshold)
+                          args.threshold, device=device)
     except (RunLocked, DetectorError) as exc:
         raise UserError(str(exc)) from None
     print(f"redetected {len(report.scenes)} scene(s) with weights "
@@ -385,6 +388,16 @@ def _maybe_cluster(address: str | None):
     return cluster_client(address) if address else nullcontext()
 
 
+def _device(args: argparse.Namespace) -> str:
+    """--device checked (imagery.detector.resolve_device): one line when torch cannot use it."""
+    from imagery.detector import DetectorError, resolve_device
+
+    try:
+        return resolve_device(args.device)
+    except DetectorError as exc:
+        raise UserError(str(exc)) from None
+
+
 def _interval(text: str) -> timedelta:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
@@ -401,6 +414,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     import time
 
     _check_order(args.since, args.until, "--since", "--until")
+    _device(args)  # a device torch cannot use fails now, before anything is written
     _writing_workspace(args, "watch")  # a read-only workspace fails now, not every interval
     passes, status = 0, 0
     while True:
@@ -834,6 +848,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
         p.add_argument("--tta", action="store_true",
                        help="detect with eight orientations of each chip averaged (~7x slower)")
+        p.add_argument("--device", default="auto",
+                       help="auto, cpu, cuda or cuda:N (default auto: cuda when torch sees a "
+                            "GPU, else cpu)")
         if name == "run":
             p.add_argument("--redetect", action="store_true",
                            help="reprocess stored scenes (since --since) with the model in use; "

@@ -199,9 +199,11 @@ def run_pass(
     gates: Gates = DEFAULT_GATES,
     progress: bool = True,
     tta: bool = False,
+    device: str = "cpu",
 ) -> RunReport:
     """One pass over `ports`: fetch what is new, then process every stored scene not done
-    (`tta`: detect with the eight orientations of each chip averaged)."""
+    (`tta`: detect with the eight orientations of each chip averaged; `device`: where the
+    model and its post-processing run, a torch device name already checked)."""
     from imagery.models import resolve_weights
 
     report = RunReport()
@@ -211,7 +213,8 @@ def run_pass(
             for port in ports:
                 if source is not None:
                     _fetch_new(ws, port, source, start, end, max_cloud, report, progress)
-                _process_pending(ws, port, weights, threshold, gates, report, progress, tta)
+                _process_pending(ws, port, weights, threshold, gates, report, progress, tta,
+                                 device)
                 rebuild_episodes(ws, port)
         except WorkspaceWriteError as exc:
             report.failed["workspace"] = str(exc)
@@ -279,7 +282,8 @@ def ais_fix_count(conn: sqlite3.Connection, port: Port, when: datetime, gates: G
     return int(row[0])
 
 
-def _process_pending(ws, port, weights, threshold, gates, report, progress, tta) -> None:
+def _process_pending(ws, port, weights, threshold, gates, report, progress, tta,
+                     device="cpu") -> None:
     from tqdm import tqdm
 
     scenes = pending_scenes(ws, port, gates)
@@ -287,7 +291,8 @@ def _process_pending(ws, port, weights, threshold, gates, report, progress, tta)
                       disable=not progress):
         sid = scene["scene_id"]
         try:
-            result = process_scene(ws, port, scene, weights, threshold, gates, tta)
+            result = process_scene(ws, port, scene, weights, threshold, gates, tta,
+                                   device=device)
         except Exception as exc:
             kind, reason = classify_scene_error(exc, scene["path"])
             record_scene_error(ws, sid, kind, reason, report)
@@ -386,7 +391,8 @@ def remove_temp_files(ws: Workspace, port: Port, scene_id: str) -> None:
 
 def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
                   gates: Gates, tta: bool = False,
-                  number: Callable[[dict], None] | None = None) -> SceneReconciliation:
+                  number: Callable[[dict], None] | None = None,
+                  device: str = "cpu") -> SceneReconciliation:
     """Detect, reconcile and store one scene; returns the reconciliation (its `unmatched`
     are the alerts). `number` may set each feature's `det_id` (re-detection keeps the ids of
     vessels found again, so verdicts stay attached); by default they are numbered in order."""
@@ -396,7 +402,7 @@ def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
     verify_stored_file(ws, scene)
     geojson_path = detections_file(ws, port, scene_id)
     collection = detect_scene(scene["path"], geojson_path, port=port, threshold=threshold,
-                              weights=weights, progress=False, tta=tta)
+                              weights=weights, progress=False, tta=tta, device=device)
     if number is not None:
         number(collection)
     return store_detections(ws, port, scene, collection, geojson_path, gates)

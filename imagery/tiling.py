@@ -80,16 +80,23 @@ def iter_chips(
 ) -> Iterator[Chip]:
     """Yield chips one at a time; pixels past the scene edge are NaN in every band."""
     for window, core in chip_windows(info.width, info.height, size, overlap):
-        array = read_reflectance(info, bands, window, fill=np.nan)
-        yield Chip(
-            array=array,
-            window=window,
-            core=core,
-            transform=window_transform(window, info.transform),
-            crs=info.crs,
-            bounds=window_bounds(window, info.transform),
-            scl=read_scl(info, window) if with_scl else None,
-        )
+        yield read_chip(info, window, core, bands, with_scl)
+
+
+def read_chip(
+    info: SceneInfo, window: Window, core: Window, bands: tuple[str, ...] = SCENE_BANDS,
+    with_scl: bool = False,
+) -> Chip:
+    """One chip of `chip_windows`, read; each read opens the file, so threads may share it."""
+    return Chip(
+        array=read_reflectance(info, bands, window, fill=np.nan),
+        window=window,
+        core=core,
+        transform=window_transform(window, info.transform),
+        crs=info.crs,
+        bounds=window_bounds(window, info.transform),
+        scl=read_scl(info, window) if with_scl else None,
+    )
 
 
 class Stitcher:

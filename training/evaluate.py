@@ -32,6 +32,7 @@ from imagery.detector import (
     detect,
     get_weights,
     load_model,
+    resolve_device,
 )
 from imagery.scene import open_scene
 from training.chips import find_scene_dirs
@@ -191,6 +192,7 @@ def predict_all(
     box_fraction: float | None = None,
     min_length_m: float | None = None,
     tta: bool = False,
+    device: str = "cpu",
 ) -> tuple[list[PortPrediction], WeightsEntry, list[str]]:
     """Detections for every labelled folder at `min_threshold` (to sweep thresholds later);
     `box_fraction` and `min_length_m` override the weights' hull suppression and length
@@ -207,7 +209,7 @@ def predict_all(
         if owner is None:
             skipped.append(folder.name)
             continue
-        model, _ = load_model(owner.path)
+        model, _ = load_model(owner.path, device)
         found, pixel_m = predict_folder(folder, model, owner, min_threshold, box_fraction,
                                         min_length_m, tta)
         preds.append(PortPrediction(folder.name, _ship_outlines(folder), found, owner.name,
@@ -239,6 +241,7 @@ def evaluate(
     min_length_m: float | None = None,
     tta: bool = False,
     gallery: str | os.PathLike | None = None,
+    device: str = "cpu",
 ) -> dict:
     """Per-port and pooled precision/recall/F1 and count error at the operating threshold
     (the weights' own unless given), plus the pooled F1 over a threshold sweep.
@@ -247,7 +250,7 @@ def evaluate(
     false positives and missed vessels (training/gallery.py)."""
     torch.set_num_threads(threads)
     preds, entry, skipped = predict_all(data_dirs, weights, leave_ports_out, progress=progress,
-                                        min_length_m=min_length_m, tta=tta)
+                                        min_length_m=min_length_m, tta=tta, device=device)
     op = entry.threshold if threshold is None else threshold
     result = score_predictions(preds, op)
     result.update(
@@ -318,13 +321,16 @@ def add_arguments(ap) -> None:
                     help="also draw each port's false positives and missed vessels "
                          "(DIR/<port>_errors.png)")
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    ap.add_argument("--device", default="auto",
+                    help="auto, cpu, cuda or cuda:N (default auto: cuda when torch sees a GPU)")
 
 
 def run(args) -> dict:
     """Carry out `berthwatch evaluate`: the table on stdout, JSON on request."""
+    device = resolve_device(args.device)  # a device torch cannot use: before any work
     result = evaluate(args.data, args.weights, args.leave_ports_out, args.threshold,
                       threads=args.threads, min_length_m=args.min_length_m, tta=args.tta,
-                      gallery=args.gallery)
+                      gallery=args.gallery, device=device)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")

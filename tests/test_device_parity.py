@@ -1,0 +1,309 @@
+"""Issue 27 item 1: the batched torch post-processing (imagery/postprocess.py
+`batch_detections`, what `detect()` runs on the model's device) gives the detections of the
+numpy/scipy reference (`detect(..., reference=True)`), and `--device` reaches the model in
+`run`, `watch` and `evaluate` (a device torch cannot use: one line, exit 2, nothing written).
+
+Tolerances, for a detection of one path and its partner in the other:
+- position within 0.5 px: peaks sit at pixel centres, so anything but the same pixel is >= 1 px;
+- score within 1e-4, length and width within 1e-4 relative, heading within 0.01 degrees:
+  float32 rounding of the same arithmetic on another device (cuDNN's convolutions, a fused
+  multiply-add) moves logits by ~1e-6, far below these;
+- berthed identical. On a GPU a flag could flip only where rounding moves a pixel across the
+  water / vessel mask threshold at exactly 60 m from land (within 1 px of the boundary); on the
+  CPU build both paths read the same float32 values and the disk test reproduces the distance
+  transform exactly (tested below at every pixel), so the CPU test demands identity.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from imagery import postprocess as pp
+from imagery.cli import main
+from imagery.detector import decode_options, detect, load_model
+from imagery.pipeline import open_workspace
+from imagery.ports import get_port
+from imagery.scene import SCL_WATER, open_scene
+from imagery.simulate import simulate_scene_file
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "sen2ships"
+REAL_PORTS = ("casablanca", "honolulu", "gdynia")  # gdynia: 5.8 m pixels, chips resampled
+
+
+def assert_same_detections(got: list, want: list) -> None:
+    assert len(got) == len(want), (len(got), len(want))
+    for a, b in zip(sorted(got, key=_key), sorted(want, key=_key), strict=True):
+        assert math.hypot(a.px_x - b.px_x, a.px_y - b.px_y) <= 0.5, (a, b)
+        assert abs(a.score - b.score) <= 1e-4, (a, b)
+        assert a.length_m == pytest.approx(b.length_m, rel=1e-4)
+        assert a.width_m == pytest.approx(b.width_m, rel=1e-4)
+        turn = abs(a.heading_deg - b.heading_deg) % 180.0
+        assert min(turn, 180.0 - turn) <= 0.01, (a, b)
+        assert a.berthed == b.berthed, (a, b)
+
+
+def _key(d) -> tuple:
+    return (round(d.px_y), round(d.px_x))
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    torch.set_num_threads(2)
+    return load_model()
+
+
+# --- whole scenes: torch path against the reference --------------------------------------------
+
+
+@pytest.mark.parametrize("port, seed, cloud", [("vostochny", 7, 0.0), ("chongjin", 3, 0.3)])
+def test_simulated_scene_same_detections_on_both_paths(shipped, tmp_path, port, seed, cloud):
+    model, entry = shipped
+    simulate_scene_file(get_port(port), "2024-03-19", tmp_path / "s.tif", seed=seed,
+                        cloud_fraction=cloud)
+    info = open_scene(tmp_path / "s.tif")
+    options = decode_options(entry)
+    # Threshold 0.1, under the operating one, gives many peaks (ridge merges, hull
+    # suppression); batches of three chips exercise the batched masks as a GPU runs them.
+    want = detect(info, model, 0.1, reference=True, **options)
+    got = detect(info, model, 0.1, batch_size=3, readers=3, **options)  # as on a GPU
+    assert len(want) > 5, "the scene should hold detections to compare"
+    assert_same_detections(got, want)
+    assert any(d.berthed for d in want) and not all(d.berthed for d in want)
+
+
+@pytest.mark.parametrize("port", REAL_PORTS)
+def test_real_scene_same_detections_on_both_paths(shipped, port):
+    scene = SHARED / port / "scene.tif"
+    if not scene.exists():
+        pytest.skip(f"{scene} not found: the real sen2ships scenes live in ../shared/data")
+    model, entry = shipped
+    info = open_scene(scene, require_bands=None)
+    want = detect(info, model, 0.1, reference=True, **decode_options(entry))
+    got = detect(info, model, 0.1, batch_size=2, **decode_options(entry))
+    assert want
+    assert_same_detections(got, want)
+
+
+# --- the pieces, against their references ----------------------------------------------------
+
+
+def _peaked_output(rng: np.random.Generator, batch: int = 3, size: int = 96) -> torch.Tensor:
+    """Model-like outputs: heat logits with round and elongated hills (ridges with two near
+    equal maxima), a plateau of tied maxima, random size and angle channels."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    out = rng.normal(0, 0.3, (batch, 6, size, size)).astype(np.float32)
+    out[:, 0] = -4.0
+    for b in range(batch):
+        for _ in range(12):
+            cy, cx = rng.uniform(4, size - 4, 2)
+            a, length = rng.uniform(0, np.pi), rng.uniform(1.5, 9)
+            along = (xx - cx) * np.cos(a) + (yy - cy) * np.sin(a)
+            across = -(xx - cx) * np.sin(a) + (yy - cy) * np.cos(a)
+            hill = np.exp(-(along / length) ** 2 - (across / 1.5) ** 2)
+            wobble = 0.15 * np.cos(along * 1.3)  # two or three maxima along a long hill
+            out[b, 0] = np.maximum(out[b, 0], -4.0 + rng.uniform(2, 7) * hill * (1 + wobble))
+        out[b, 0, 10:12, 10:12] = 1.0  # tied maxima
+    out[:, 2:4] = rng.uniform(0.5, 3.0, (batch, 2, size, size))
+    return torch.from_numpy(out)
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.25])
+def test_batched_peaks_and_ridge_merge_equal_the_reference(threshold):
+    out = _peaked_output(np.random.default_rng(1))
+    want = pp.decode_peaks(out, threshold)
+    got = pp.decode_peaks_batch(out, threshold)
+    heat = torch.sigmoid(out[:, 0:1])
+    maxima = int(((heat == torch.nn.functional.max_pool2d(heat, 3, 1, 1))
+                  & (heat >= threshold)).sum())
+    assert 20 < sum(map(len, want)) < maxima, "some ridge maxima should have been merged"
+    for g, w in zip(got, want, strict=True):
+        assert [(p.x, p.y, p.score) for p in g] == [(p.x, p.y, p.score) for p in w]
+        for p, q in zip(g, w, strict=True):
+            assert (p.length_px, p.width_px, p.angle) == pytest.approx(
+                (q.length_px, q.width_px, q.angle), rel=1e-6)
+
+
+def test_batched_water_mask_takes_each_chips_own_branch():
+    rng = np.random.default_rng(2)
+    arrays = rng.uniform(0.0, 0.3, (4, 5, 40, 40)).astype(np.float32)
+    arrays[:, :, :, 30:] = np.nan  # past the scene edge
+    arrays[2, 1] = np.nan  # no green: NDWI impossible, dark NIR decides
+    scl = rng.integers(0, 12, (4, 40, 40)).astype(np.uint8)
+    scl[1][scl[1] == SCL_WATER] = 4  # SCL present but no water class: NDWI decides
+    got = pp.water_mask_batch(torch.from_numpy(arrays), torch.from_numpy(scl)).numpy()
+    for i in range(4):
+        assert (got[i] == pp.water_mask(arrays[i], scl[i])).all(), i
+    without = pp.water_mask_batch(torch.from_numpy(arrays), None).numpy()
+    for i in range(4):
+        assert (without[i] == pp.water_mask(arrays[i], None)).all(), i
+
+
+def _land_chips(rng: np.random.Generator, count: int = 3, size: int = 120) -> np.ndarray:
+    """Coasts touching the edge, small islands (some under MIN_LAND_AREA_M2) and noise."""
+    chips = np.zeros((count, size, size), bool)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for land in chips:
+        land |= xx < rng.integers(5, 30)  # a coast on the left edge
+        for _ in range(8):
+            cy, cx, r = rng.integers(10, size - 10), rng.integers(40, size - 10), rng.uniform(1, 16)
+            land |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        land ^= rng.random((size, size)) < 0.03
+    return chips
+
+
+def test_binary_opening_equals_scipy_at_the_edges_too():
+    land = _land_chips(np.random.default_rng(3))
+    got = pp.binary_opening_batch(torch.from_numpy(land)).numpy()
+    for g, m in zip(got, land, strict=True):
+        assert (g == ndimage.binary_opening(m, iterations=1)).all()
+
+
+@pytest.mark.parametrize("pixel_m", [10.0, 8.0, 7.7, 5.8])
+def test_disk_test_equals_the_distance_transform_at_every_pixel(pixel_m):
+    land = np.random.default_rng(4).random((2, 80, 80)) > 0.998
+    land[1, 0, 40] = True  # land on the edge
+    rows, cols = np.mgrid[0:80, 0:80]
+    for b in range(2):
+        pixels = torch.from_numpy(np.stack([np.full(rows.size, b), rows.ravel(),
+                                            cols.ravel()], 1))
+        got = pp.near_land_at(torch.from_numpy(land), pixels, pixel_m, 60.0).numpy()
+        want = ndimage.distance_transform_edt(~land[b]) * pixel_m <= 60.0
+        assert (got.reshape(80, 80) == want).all()
+
+
+@pytest.mark.parametrize("pixel_m", [10.0, 7.7])
+def test_land_distance_of_a_batch_equals_the_reference_mask(pixel_m):
+    rng = np.random.default_rng(5)
+    land = _land_chips(rng)
+    count, size = land.shape[0], land.shape[1]
+    raw = np.full((count, 5, size, size), 0.08, np.float32)  # water: green over NIR...
+    raw[:, 3] = 0.03
+    raw[:, 3][land] = 0.4  # ...land: bright NIR, NDWI < 0
+    logits = np.full((count, 1, size, size), -5.0, np.float32)
+    logits[:, 0, 50:54, 60:75] = 5.0  # a vessel: never land
+    rows, cols = np.mgrid[0:size, 0:size]
+    pixels = [(b, r, c) for b in range(count) for r, c in zip(rows.ravel(), cols.ravel(),
+                                                            strict=True)]
+    got = np.array(pp.land_distance_at(torch.from_numpy(logits), torch.from_numpy(raw), None,
+                                       pixel_m, pixels)).reshape(count, size, size)
+    for b in range(count):
+        want = pp.land_distance_mask(pp.water_mask(raw[b], None), logits[b, 0] > 0, pixel_m)
+        assert (got[b] == want).all()
+        assert want.any() and not want.all()
+
+
+# --- --device on run, watch and evaluate -----------------------------------------------------
+
+
+def _snapshot(folder: Path) -> dict:
+    if not folder.exists():
+        return {}
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("command", [
+    ["run", "--source", "simulated", "--port", "chongjin"],
+    ["watch", "--source", "simulated", "--every", "1h", "--max-passes", "1"],
+])
+def test_run_and_watch_refuse_cuda_without_a_gpu_in_one_line(command, tmp_path, monkeypatch,
+                                                            capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    fresh, existing = tmp_path / "fresh", tmp_path / "existing"
+    open_workspace(existing)  # a workspace that exists already
+    before = _snapshot(existing)
+    for ws in (fresh, existing):
+        code = main([*command, "--device", "cuda", "--workspace", str(ws)])
+        err = capsys.readouterr().err
+        assert code == 2
+        assert len(err.strip().splitlines()) == 1 and "cuda" in err and "Traceback" not in err
+    assert not fresh.exists()
+    assert _snapshot(existing) == before
+
+
+def test_evaluate_refuses_cuda_without_a_gpu_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "scores.json"
+    code = main(["evaluate", "--data", str(tmp_path), "--device", "cuda", "--json", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "cuda" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option, gpu, expected", [
+    ("cpu", False, "cpu"), ("auto", False, "cpu"), ("auto", True, "cuda")])
+def test_run_hands_the_device_to_detection(option, gpu, expected, tmp_path, monkeypatch):
+    """`auto` with a GPU (torch's answer faked: nothing runs there) reaches detect_scene."""
+    import imagery.detector
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    seen = []
+
+    def record(path, *args, device="cpu", **kwargs):
+        seen.append(device)
+        raise RuntimeError("stop here: the device is what this test checks")
+
+    monkeypatch.setattr(imagery.detector, "detect_scene", record)
+    code = main(["run", "--source", "simulated", "--port", "chongjin", "--since", "2024-03-01",
+                 "--until", "2024-03-04", "--device", option, "--workspace",
+                 str(tmp_path / "ws")])
+    assert code == 1 and seen and set(seen) == {expected}
+
+
+def test_evaluate_loads_the_model_on_the_device_asked(simulated_labelled, tiny_weights,
+                                                      monkeypatch, capsys):
+    import training.evaluate
+
+    seen = []
+    real = training.evaluate.load_model
+    monkeypatch.setattr(training.evaluate, "load_model",
+                        lambda path, device="cpu": seen.append(device) or real(path, device))
+    assert main(["evaluate", "--data", str(simulated_labelled), "--weights", str(tiny_weights),
+                 "--device", "cpu", "--threads", "1"]) == 0
+    assert seen and set(seen) == {"cpu"}
+    assert "POOLED" in capsys.readouterr().out
+
+
+# --- the reader thread -----------------------------------------------------------------------
+
+
+def test_reader_thread_hands_over_errors_and_stops_when_left():
+    import itertools
+    import threading
+
+    from imagery.detector import _read_ahead
+
+    def failing():
+        yield 1
+        yield 2
+        raise OSError("block 7 unreadable")
+
+    got = []
+    with pytest.raises(OSError, match="block 7"):
+        for item in _read_ahead(failing()):
+            got.append(item)
+    assert got == [1, 2]
+    endless = _read_ahead(itertools.count())
+    assert [next(endless) for _ in range(3)] == [0, 1, 2]
+    endless.close()
+    assert not [t for t in threading.enumerate() if t.name == "detect-reader"]
+
+
+def test_parallel_readers_report_a_corrupt_block_as_one_reader_does(shipped, tmp_path):
+    from test_scene import write_corrupt_middle
+
+    from imagery.scene import SceneError
+
+    model, entry = shipped
+    info = open_scene(write_corrupt_middle(tmp_path / "middle.tif"))
+    messages = []
+    for readers in (1, 3):
+        with pytest.raises(SceneError, match="middle.tif: cannot read pixels") as caught:
+            detect(info, model, 0.5, chip_size=128, batch_size=2, readers=readers)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1]
