@@ -95,6 +95,7 @@ class SceneJob:
     stored: bytes | None = None
     threshold: float | None = None
     tta: bool = False
+    device: str = "cpu"  # resolved on the worker: `auto` takes the worker's own GPU if any
 
 
 @dataclass
@@ -116,11 +117,15 @@ class SceneResult:
 
 # --- the worker's side -----------------------------------------------------------------------
 
-_MODELS: dict[str, tuple] = {}  # weights sha256 -> (model, entry): loaded once per process
+_MODELS: dict[tuple[str, str], tuple] = {}  # (weights sha256, device) -> (model, entry)
 
 
-def _model(blob: WeightsBlob):
-    if blob.sha256 not in _MODELS:
+def _model(blob: WeightsBlob, device: str = "cpu"):
+    """The model, loaded once per worker process and device."""
+    from imagery.detector import resolve_device
+
+    device = resolve_device(device)
+    if (blob.sha256, device) not in _MODELS:
         from imagery.detector import load_model
 
         folder = Path(tempfile.mkdtemp(prefix="berthwatch-weights-"))
@@ -128,10 +133,11 @@ def _model(blob: WeightsBlob):
             weights = folder / blob.metadata["file"]
             weights.write_bytes(blob.data)
             (folder / f"{weights.stem}.json").write_text(json.dumps(blob.metadata))
-            _MODELS[blob.sha256] = load_model(weights)  # checks the sha256 before unpickling
+            # load_model checks the sha256 before unpickling
+            _MODELS[blob.sha256, device] = load_model(weights, device)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-    return _MODELS[blob.sha256]
+    return _MODELS[blob.sha256, device]
 
 
 def _scratch_root() -> str | None:
@@ -174,7 +180,8 @@ def _detect(job: SceneJob, blob: WeightsBlob, path: Path, result: SceneResult) -
 
     try:
         result.collection = detect_scene(path, None, port=job.port, threshold=job.threshold,
-                                         progress=False, tta=job.tta, loaded=_model(blob))
+                                         progress=False, tta=job.tta,
+                                         loaded=_model(blob, job.device))
     except Exception as exc:  # classified as `run` does; the coordinator records it
         result.error = classify_scene_error(exc, job.named_path)
 
@@ -220,10 +227,11 @@ def weights_blob(weights: str | None) -> WeightsBlob:
 def backfill(ws: Workspace, ports: list[Port], source, start: datetime, end: datetime, *,
              client=None, max_cloud: float = 30.0, weights: str | None = None,
              threshold: float | None = None, gates: Gates = DEFAULT_GATES, tta: bool = False,
-             progress: bool = True) -> RunReport:
+             progress: bool = True, device: str = "cpu") -> RunReport:
     """Fetch, detect, reconcile and store every scene of `ports` between `start` and `end`
     that the workspace does not have done; per-scene work on `client`'s workers (a
-    distributed.Client), or in this process when `client` is None."""
+    distributed.Client), or in this process when `client` is None. `device` is resolved
+    where the detection runs (`auto`: each worker's GPU when it has one)."""
     from imagery.models import resolve_weights
 
     report = RunReport()
@@ -234,7 +242,7 @@ def backfill(ws: Workspace, ports: list[Port], source, start: datetime, end: dat
             jobs = []
             for port in ports:
                 jobs += _plan(ws, port, source, start, end, max_cloud, gates, report)
-            jobs = [replace(j, threshold=threshold, tta=tta) for j in jobs]
+            jobs = [replace(j, threshold=threshold, tta=tta, device=device) for j in jobs]
             _run_jobs(ws, client, jobs, blob, gates, report, progress)
             for port in ports:
                 rebuild_episodes(ws, port)

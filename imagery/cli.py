@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -366,6 +367,9 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if args.cluster and args.from_dir:
         args.from_dir = os.path.abspath(args.from_dir)  # workers resolve it, not our cwd
     source = _source(args)
+    # Without a cluster, refused here when this machine cannot use it; on a cluster, `auto`
+    # and `cuda` are resolved by each worker for itself.
+    device = _device(args) if not args.cluster else _device_name(args.device)
     try:
         if args.weights:
             weights_blob(args.weights)  # bad weights are refused before any cluster starts
@@ -373,7 +377,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             ws = _writing_workspace(args, "backfill", full_schema=True)
             report = backfill(ws, ports, source, args.start, args.end, client=client,
                               max_cloud=args.max_cloud, weights=args.weights,
-                              threshold=args.threshold, tta=args.tta)
+                              threshold=args.threshold, tta=args.tta, device=device)
     except (BackfillError, DetectorError, RunLocked) as exc:
         raise UserError(str(exc)) from None
     _print_report(report)
@@ -386,6 +390,13 @@ def _maybe_cluster(address: str | None):
     from imagery.backfill import cluster_client
 
     return cluster_client(address) if address else nullcontext()
+
+
+def _device_name(name: str) -> str:
+    """A device name for other machines to resolve: its spelling checked here."""
+    if name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name):
+        return name
+    raise UserError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
 
 
 def _device(args: argparse.Namespace) -> str:
@@ -877,6 +888,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
     p.add_argument("--tta", action="store_true",
                    help="detect with eight orientations of each chip averaged (~7x slower)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (default auto: cuda when torch sees a GPU, "
+                        "else cpu; with --cluster each worker resolves it for itself)")
     _add_training_parsers(add, command)
     _add_learning_parsers(add)
     p = add("demo", cmd_demo, "run the whole pipeline offline on SIMULATED data")

@@ -210,6 +210,8 @@ def _snapshot(folder: Path) -> dict:
 @pytest.mark.parametrize("command", [
     ["run", "--source", "simulated", "--port", "chongjin"],
     ["watch", "--source", "simulated", "--every", "1h", "--max-passes", "1"],
+    ["backfill", "--source", "simulated", "--port", "chongjin", "--start", "2024-03-01",
+     "--end", "2024-03-04"],
 ])
 def test_run_and_watch_refuse_cuda_without_a_gpu_in_one_line(command, tmp_path, monkeypatch,
                                                             capsys):
@@ -224,6 +226,16 @@ def test_run_and_watch_refuse_cuda_without_a_gpu_in_one_line(command, tmp_path, 
         assert len(err.strip().splitlines()) == 1 and "cuda" in err and "Traceback" not in err
     assert not fresh.exists()
     assert _snapshot(existing) == before
+
+
+def test_backfill_on_a_cluster_checks_the_device_name_before_connecting(tmp_path, capsys):
+    ws = tmp_path / "ws"
+    code = main(["backfill", "--source", "simulated", "--port", "chongjin", "--start",
+                 "2024-03-01", "--end", "2024-03-04", "--cluster", "tcp://127.0.0.1:1",
+                 "--device", "gpu0", "--workspace", str(ws)])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "'gpu0'" in err
+    assert not ws.exists()
 
 
 def test_evaluate_refuses_cuda_without_a_gpu_and_writes_nothing(tmp_path, monkeypatch, capsys):
