@@ -284,7 +284,8 @@ def test_the_model_is_loaded_once_for_many_scenes(tiny_weights, tmp_path, monkey
                          END + timedelta(days=1) - timedelta(seconds=1), max_cloud=100,
                          weights=str(tiny_weights), threshold=0.1, progress=False)
     assert len(report.processed) >= 2 and report.failed == {}
-    assert len(loads) == 1 and list(bf._MODELS) == [detector.get_weights(tiny_weights).sha256]
+    assert len(loads) == 1
+    assert list(bf._MODELS) == [(detector.get_weights(tiny_weights).sha256, "cpu")]
 
 
 def test_a_local_folder_with_an_unreadable_file_gives_what_run_gives(tiny_weights, tmp_path):
