@@ -397,3 +397,10 @@ def test_gate_confidence_needs_more_than_a_vessel_or_two():
     assert bootstrap_confidence(cur20, six_more, 0.25, 0.25) >= 0.9
     # Below its threshold a detection does not count: the candidate at 0.6 finds nothing.
     assert bootstrap_confidence(cur20, six_more, 0.25, 0.6) == 0.0
+
+
+def test_a_tied_threshold_is_the_middle_of_the_plateau_not_its_lowest_edge():
+    """Every detection scores 0.5: F1 is the same at every threshold up to 0.5, nothing above.
+    The calibration takes the plateau's middle, as the shipped model's did, not 0.05."""
+    t, scores = best_threshold(_held_out(6, found=[0, 1, 2, 3, 4, 5], alarms=0))
+    assert 0.2 <= t <= 0.3 and scores["f1"] == 1.0

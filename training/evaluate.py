@@ -219,6 +219,15 @@ def predict_all(
     return preds, main_entry, skipped
 
 
+def plateau_middle(f1_by_threshold: dict[float, float], within: float = 0.005) -> float:
+    """Among the thresholds less than `within` below the best F1, the median one: a plateau's
+    middle is steadier on new scenes than its edge (with few vessels whole ranges tie, and the
+    lowest edge floods other scenes with false positives)."""
+    top = max(f1_by_threshold.values())
+    near = sorted(t for t, f in f1_by_threshold.items() if f > top - within)
+    return near[len(near) // 2]
+
+
 def score_predictions(preds: list[PortPrediction], threshold: float) -> dict:
     """Per-port and pooled scores of predictions filtered at `threshold`."""
     ports, total = {}, {"tp": 0, "fp": 0, "fn": 0}

@@ -144,12 +144,10 @@ def calibrate(
 def _best_threshold(preds: list) -> tuple[float, float, dict]:
     """Among thresholds less than 0.005 below the best pooled F1, the median one: a plateau's middle
     is steadier on new ports than its edge. Returns (threshold, best F1, F1 by threshold)."""
-    from training.evaluate import SWEEP, score_predictions
+    from training.evaluate import SWEEP, plateau_middle, score_predictions
 
     sweep = {t: score_predictions(preds, t)["pooled"]["f1"] for t in SWEEP}
-    top = max(sweep.values())
-    near = sorted(t for t, f in sweep.items() if f > top - 0.005)
-    return near[len(near) // 2], top, sweep
+    return plateau_middle(sweep), max(sweep.values()), sweep
 
 
 def _length_filter(preds: list) -> dict:
