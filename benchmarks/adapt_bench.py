@@ -104,8 +104,10 @@ def run_port(folder: Path, all_dirs: list[Path], entry, leave_ports_out: bool,
         run = one_direction(port, train_half, test_half, blind, base_dirs, entry.threshold, cfg,
                             scratch / f"dir{k}")
         base_f1, adapted_f1 = summarize(run["base"])["f1"], summarize(run["adapted"])["f1"]
-        print(f"{port} {'AB'[k]}->{'BA'[k]}: base F1 {base_f1:.3f}, adapted {adapted_f1:.3f}, "
-              f"{run['decision']}, retrain {run['seconds']:.0f} s", flush=True)
+        counts = " against ".join(f"tp {c['tp']} fp {c['fp']} fn {c['fn']}"
+                                  for c in (run["adapted"], run["base"]))
+        print(f"{port} {'AB'[k]}->{'BA'[k]}: base F1 {base_f1:.3f}, adapted {adapted_f1:.3f} "
+              f"({counts}), {run['decision']}, retrain {run['seconds']:.0f} s", flush=True)
         runs.append(run)
     return {"runs": runs, "model": blind.name}
 
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     entry = get_weights(args.weights)
+    args.weights_name = entry.name
     dirs = find_scene_dirs(args.data)
     cfg = RetrainConfig(steps=args.steps, benchmark=args.benchmark, threads=args.threads)
     ports, base_all, adapted_all = {}, [], []
@@ -152,21 +155,32 @@ def main(argv: list[str] | None = None) -> dict:
             "retrain_seconds": [r["seconds"] for r in runs],
             "model": out["model"], "runs": runs,
         }
-    pooled = {"base_f1": _pool(base_all)["f1"] if base_all else None,
-              "adapted_f1": _pool(adapted_all)["f1"] if adapted_all else None}
+        if args.json:  # after every port, so that a long run stopped early keeps its ports
+            _write(args, ports, base_all, adapted_all)
+    pooled = _write(args, ports, base_all, adapted_all) if args.json else None
+    pooled = pooled or _pooled(base_all, adapted_all)
     print(f"{'port':12s} {'base F1':>8s} {'adapted':>8s}  promoted      seconds")
     for name, p in ports.items():
         print(f"{name:12s} {p['base_f1']:8.3f} {p['adapted_f1']:8.3f}  "
               f"{str(p['promoted']):13s} {p['seconds']:.0f}")
     if base_all:
         print(f"{'POOLED':12s} {pooled['base_f1']:8.3f} {pooled['adapted_f1']:8.3f}")
+    return {"pooled": pooled, "ports": ports}
+
+
+def _pooled(base_all: list[dict], adapted_all: list[dict]) -> dict:
+    return {"base_f1": _pool(base_all)["f1"] if base_all else None,
+            "adapted_f1": _pool(adapted_all)["f1"] if adapted_all else None}
+
+
+def _write(args: argparse.Namespace, ports: dict, base_all: list, adapted_all: list) -> dict:
+    pooled = _pooled(base_all, adapted_all)
     result = {"pooled": pooled, "ports": ports,
-              "settings": {"leave_ports_out": args.leave_ports_out, "weights": entry.name,
+              "settings": {"leave_ports_out": args.leave_ports_out, "weights": args.weights_name,
                            "steps": args.steps, "benchmark": args.benchmark,
                            "threads": args.threads}}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
-    return result
+    Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
+    return pooled
 
 
 if __name__ == "__main__":

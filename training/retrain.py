@@ -61,7 +61,7 @@ from training.evaluate import (
 )
 from training.export import save_weights
 from training.holdout import SplitError, count_labels, cut_in_halves, split_by_date, write_labels
-from training.train import _device, _lr_at, losses, mine_negatives
+from training.train import _device, _lr_at, add_false_positives, losses, mine_negatives
 
 IGNORE_MATCH_M = 20.0  # a detection this close to an unreviewed one is not scored
 
@@ -260,6 +260,15 @@ def predict_folders(weights: str, folders: list[Path]) -> list[PortPrediction]:
     return preds
 
 
+def mine_base(scenes: list[LabelledScene], preds: list[PortPrediction], threshold: float) -> int:
+    """The current model's false positives at `threshold` or more, from its predictions on the
+    base folders, added to those scenes' negatives (as `training.train.mine_negatives`)."""
+    by_name = {p.port: p for p in preds}
+    return sum(add_false_positives(scene, [(d.px_x, d.px_y) for d in by_name[scene.name].detections
+                                           if d.score >= threshold])
+               for scene in scenes if scene.name in by_name)
+
+
 def best_threshold(preds: list[PortPrediction]) -> tuple[float, dict]:
     """The threshold calibrated on `preds` as the shipped model's was (the middle of the
     plateau of the best pooled F1), and its scores. Taking the lowest of tied thresholds, as
@@ -271,8 +280,10 @@ def best_threshold(preds: list[PortPrediction]) -> tuple[float, dict]:
 
 
 def gate(current_weights: str, candidate_weights: str, held: list[Path], base: list[Path],
-         cfg: RetrainConfig, current_threshold: float) -> dict:
-    """Both models' figures and the decision."""
+         cfg: RetrainConfig, current_threshold: float,
+         current_base: list[PortPrediction] | None = None) -> dict:
+    """Both models' figures and the decision (`current_base`: the current model's
+    predictions on the base folders when already made)."""
     cur_preds = predict_folders(current_weights, held)
     try:
         cand_preds = predict_folders(candidate_weights, held)
@@ -296,7 +307,8 @@ def gate(current_weights: str, candidate_weights: str, held: list[Path], base: l
                f"{confidence:.0%} of bootstrap resamples (needed: {cfg.confidence:.0%})"]
     kept = True
     if base and cfg.benchmark == "in-sample":
-        cur_b = score_predictions(predict_folders(current_weights, base), current_threshold)
+        cur_b = score_predictions(current_base or predict_folders(current_weights, base),
+                                  current_threshold)
         cand_b = score_predictions(predict_folders(candidate_weights, base), cand_t)
         result["base_in_sample"] = {"current": cur_b["pooled"], "candidate": cand_b["pooled"],
                                     "noise": cfg.noise}
@@ -409,10 +421,16 @@ def _retrain_locked(ws, parent, base_folders, cfg, scratch, progress, start) -> 
         base = load_labelled(base_folders) if base_folders else []
     except LabelsError as exc:
         raise RetrainError(f"--data: {exc}") from None
+    base_preds = None
+    if base and cfg.benchmark == "in-sample":
+        # The current model's detections on the base folders serve twice: its false
+        # positives are mined from them, and the gate scores them.
+        base_preds = predict_folders(parent.weights(ws), base_folders)
     if base and cfg.mine_threshold:
         # Only the base folders: their labels are complete, while an analyst may not have
         # added every vessel of a reviewed scene, and mining would teach those as water.
-        mined = mine_negatives(model, base, cfg.mine_threshold)
+        mined = mine_base(base, base_preds, cfg.mine_threshold) if base_preds else \
+            mine_negatives(model, base, cfg.mine_threshold)
         if progress:
             print(f"mined {mined} false positives of {parent.name} on the base folders",
                   flush=True)
@@ -423,7 +441,7 @@ def _retrain_locked(ws, parent, base_folders, cfg, scratch, progress, start) -> 
     if progress:
         print("gate: scoring the current model and the candidate ...", flush=True)
     figures = gate(parent.weights(ws), str(entry.path), held_dirs, base_folders, cfg,
-                   _threshold(parent, ws))
+                   _threshold(parent, ws), base_preds)
     data = {"reviewed_scenes": [sid for sid, _, _ in exported], "skipped_scenes": skipped,
             "base_folders": [str(f) for f in base_folders], "heldout": how,
             "train_folders": [f.name for f in train_dirs],

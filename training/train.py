@@ -181,17 +181,24 @@ def mine_negatives(
     with torch.inference_mode():
         for scene in scenes:
             found = detect(scene.info, runner, threshold, box_fraction=1.0)
-            if not found:
-                continue
-            radius = max(1, math.ceil(tolerance_m / scene.pixel_m))
-            near = ndimage.binary_dilation(scene.mask[0, 0].numpy() > 0.5, iterations=radius)
-            points = np.array([(d.px_x, d.px_y) for d in found])
-            rows = np.clip(points[:, 1].astype(int), 0, near.shape[0] - 1)
-            cols = np.clip(points[:, 0].astype(int), 0, near.shape[1] - 1)
-            mined = points[~near[rows, cols]]
-            scene.negatives = np.vstack([scene.negatives, mined])
-            added += len(mined)
+            added += add_false_positives(scene, [(d.px_x, d.px_y) for d in found], tolerance_m)
     return added
+
+
+def add_false_positives(scene: LabelledScene, points: list[tuple[float, float]],
+                        tolerance_m: float = 20.0) -> int:
+    """Add the `points` (scene pixels x, y) outside every labelled outline grown by
+    ceil(`tolerance_m` / pixel) pixels to the scene's negatives; returns how many."""
+    if not points:
+        return 0
+    radius = max(1, math.ceil(tolerance_m / scene.pixel_m))
+    near = ndimage.binary_dilation(scene.mask[0, 0].numpy() > 0.5, iterations=radius)
+    xy = np.array(points, dtype=float).reshape(-1, 2)
+    rows = np.clip(xy[:, 1].astype(int), 0, near.shape[0] - 1)
+    cols = np.clip(xy[:, 0].astype(int), 0, near.shape[1] - 1)
+    mined = xy[~near[rows, cols]]
+    scene.negatives = np.vstack([scene.negatives, mined])
+    return len(mined)
 
 
 def fit(
