@@ -13,7 +13,8 @@ the --data ports the blind model trained on, never the port itself), and the mod
 workspace then uses (promoted or not) is scored on half B with the shared scoring rule, at
 its threshold (the blind model at the shipped model's threshold). Then A and B swap.
 Prints per port and direction, and pooled: base F1 on the unseen half, adapted F1, whether
-the gate promoted, and the seconds retrain took.
+the gate promoted, and the seconds retrain took; and the candidate's F1 on the unseen half
+whether promoted or not (what the gate passed up or rightly refused).
 """
 
 from __future__ import annotations
@@ -84,7 +85,11 @@ def one_direction(port: str, train_half: Path, test_half: Path, blind, base_dirs
     base = score_half(weights, test_half, op_threshold)
     adapted = score_half(using.weights(ws), test_half,
                          using.threshold if using.threshold is not None else op_threshold)
-    return {"base": base, "adapted": adapted, "promoted": bool(result and result.promoted),
+    # The candidate on the unseen half whatever the gate said: what the gate passed up, or
+    # rightly refused (not what a user gets; that is `adapted`).
+    candidate = score_half(result.files[0], test_half, result.threshold) if result else base
+    return {"base": base, "adapted": adapted, "candidate": candidate,
+            "promoted": bool(result and result.promoted),
             "decision": result.decision if result else refusal, "seconds": round(seconds, 1),
             "replayed": vars(replayed), "gate": result.metrics.get("heldout") if result else None,
             "gate_base_in_sample": result.metrics.get("base_in_sample") if result else None}
@@ -106,8 +111,10 @@ def run_port(folder: Path, all_dirs: list[Path], entry, leave_ports_out: bool,
         base_f1, adapted_f1 = summarize(run["base"])["f1"], summarize(run["adapted"])["f1"]
         counts = " against ".join(f"tp {c['tp']} fp {c['fp']} fn {c['fn']}"
                                   for c in (run["adapted"], run["base"]))
+        cand_f1 = summarize(run["candidate"])["f1"]
         print(f"{port} {'AB'[k]}->{'BA'[k]}: base F1 {base_f1:.3f}, adapted {adapted_f1:.3f} "
-              f"({counts}), {run['decision']}, retrain {run['seconds']:.0f} s", flush=True)
+              f"({counts}), {run['decision']}, retrain {run['seconds']:.0f} s; the candidate "
+              f"alone {cand_f1:.3f}", flush=True)
         runs.append(run)
     return {"runs": runs, "model": blind.name}
 
@@ -150,6 +157,7 @@ def main(argv: list[str] | None = None) -> dict:
         ports[folder.name] = {
             "base_f1": _pool([r["base"] for r in runs])["f1"],
             "adapted_f1": _pool([r["adapted"] for r in runs])["f1"],
+            "candidate_f1": _pool([r["candidate"] for r in runs])["f1"],
             "promoted": [r["promoted"] for r in runs],
             "seconds": round(time.perf_counter() - start, 1),
             "retrain_seconds": [r["seconds"] for r in runs],
@@ -158,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict:
         if args.json:  # after every port, so that a long run stopped early keeps its ports
             _write(args, ports, base_all, adapted_all)
     pooled = _write(args, ports, base_all, adapted_all) if args.json else None
-    pooled = pooled or _pooled(base_all, adapted_all)
+    pooled = pooled or _pooled(base_all, adapted_all, ports)
     print(f"{'port':12s} {'base F1':>8s} {'adapted':>8s}  promoted      seconds")
     for name, p in ports.items():
         print(f"{name:12s} {p['base_f1']:8.3f} {p['adapted_f1']:8.3f}  "
@@ -168,13 +176,15 @@ def main(argv: list[str] | None = None) -> dict:
     return {"pooled": pooled, "ports": ports}
 
 
-def _pooled(base_all: list[dict], adapted_all: list[dict]) -> dict:
+def _pooled(base_all: list[dict], adapted_all: list[dict], ports: dict | None = None) -> dict:
+    runs = [r for p in (ports or {}).values() for r in p["runs"]]
     return {"base_f1": _pool(base_all)["f1"] if base_all else None,
-            "adapted_f1": _pool(adapted_all)["f1"] if adapted_all else None}
+            "adapted_f1": _pool(adapted_all)["f1"] if adapted_all else None,
+            "candidate_f1": _pool([r["candidate"] for r in runs])["f1"] if runs else None}
 
 
 def _write(args: argparse.Namespace, ports: dict, base_all: list, adapted_all: list) -> dict:
-    pooled = _pooled(base_all, adapted_all)
+    pooled = _pooled(base_all, adapted_all, ports)
     result = {"pooled": pooled, "ports": ports,
               "settings": {"leave_ports_out": args.leave_ports_out, "weights": args.weights_name,
                            "steps": args.steps, "benchmark": args.benchmark,
