@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import shapely
 from shapely.geometry import shape
 
 from imagery import models
@@ -404,3 +405,41 @@ def test_a_tied_threshold_is_the_middle_of_the_plateau_not_its_lowest_edge():
     The calibration takes the plateau's middle, as the shipped model's did, not 0.05."""
     t, scores = best_threshold(_held_out(6, found=[0, 1, 2, 3, 4, 5], alarms=0))
     assert 0.2 <= t <= 0.3 and scores["f1"] == 1.0
+
+
+def test_held_out_cut_balances_vessels_where_the_middle_leaves_a_side_empty(tmp_path):
+    """Four vessels in the right third of a scene: the scene's middle leaves the left half
+    without a vessel (retrain then refused to hold out), the vessels' median gives each side
+    two, and neither line cuts an outline."""
+    import json
+
+    import numpy as np
+    import rasterio
+    from pyproj import Transformer
+    from rasterio.transform import from_origin
+    from shapely.geometry import box, mapping
+
+    from training.holdout import count_labels, cut_in_halves
+
+    folder = tmp_path / "scene"
+    folder.mkdir()
+    transform = from_origin(500000, 4760000, 10, 10)  # UTM 31N, 10 m pixels
+    with rasterio.open(folder / "scene.tif", "w", driver="GTiff", width=120, height=60, count=5,
+                       dtype="uint16", crs="EPSG:32631", transform=transform) as dst:
+        dst.write(np.full((5, 60, 120), 500, dtype="uint16"))
+    to_wgs = Transformer.from_crs("EPSG:32631", "EPSG:4326", always_xy=True)
+    feats = []
+    for col in (84, 92, 100, 108):  # pixel columns; each hull 4 px wide, 10 px long
+        x0, y1 = transform * (col, 20)
+        x1, y0 = transform * (col + 4, 30)
+        hull = shapely.transform(box(x0, y0, x1, y1),
+                                 lambda xy: np.column_stack(to_wgs.transform(xy[:, 0], xy[:, 1])))
+        feats.append({"type": "Feature", "geometry": mapping(hull), "properties": {}})
+    (folder / "labels.geojson").write_text(json.dumps({"type": "FeatureCollection",
+                                                       "features": feats}))
+    a, b = cut_in_halves(folder, tmp_path / "a", tmp_path / "b")
+    assert (count_labels(a), count_labels(b)) == (0, 4)
+    a, b = cut_in_halves(folder, tmp_path / "va", tmp_path / "vb", balance="vessels")
+    assert (count_labels(a), count_labels(b)) == (2, 2)
+    with rasterio.open(a / "scene.tif") as left:
+        assert 96 <= left.width <= 100  # between the second hull's end and the third's start

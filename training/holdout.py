@@ -34,10 +34,12 @@ def _pixel_geometries(doc: dict, crs, transform) -> list:
     return [shapely.transform(shape(f["geometry"]), to_pixels) for f in doc["features"]]
 
 
-def cut_position(extents: list[tuple[float, float]], size: int) -> int:
-    """The integer line nearest the middle of [0, size) that no (low, high) extent straddles."""
-    middle = size // 2
-    for offset in range(size // 2):
+def cut_position(extents: list[tuple[float, float]], size: int,
+                 middle: int | None = None) -> int:
+    """The integer line nearest `middle` (default the middle of [0, size)) that no (low, high)
+    extent straddles."""
+    middle = size // 2 if middle is None else min(max(int(middle), 1), size - 1)
+    for offset in range(size):
         for c in (middle - offset, middle + offset):
             if 0 < c < size and not any(lo < c < hi for lo, hi in extents):
                 return c
@@ -45,10 +47,12 @@ def cut_position(extents: list[tuple[float, float]], size: int) -> int:
 
 
 def cut_in_halves(folder: str | os.PathLike, out_a: str | os.PathLike,
-                  out_b: str | os.PathLike) -> tuple[Path, Path]:
+                  out_b: str | os.PathLike, balance: str = "area") -> tuple[Path, Path]:
     """Write the two halves of a labelled folder (scene.tif + labels.geojson) into `out_a`
     (left or top) and `out_b`, cut across its longer side along a line through no labelled
-    outline; each feature goes with the half holding its centre."""
+    outline, nearest the scene's middle (`balance="area"`) or the labelled vessels' median
+    (`"vessels"`: both halves hold vessels where the scene's middle would leave one side
+    empty); each feature goes with the half holding its centre."""
     folder = Path(folder)
     doc = json.loads((folder / "labels.geojson").read_text(encoding="utf-8"))
     with rasterio.open(folder / "scene.tif") as src:
@@ -56,7 +60,13 @@ def cut_in_halves(folder: str | os.PathLike, out_a: str | os.PathLike,
         axis = 0 if src.width >= src.height else 1  # 0: a vertical cut (x), 1: horizontal
         size = src.width if axis == 0 else src.height
         extents = [(g.bounds[axis], g.bounds[axis + 2]) for g in geoms if g.geom_type != "Point"]
-        cut = cut_position(extents, size)
+        centres = sorted(_centre(g)[axis] for f, g in zip(doc["features"], geoms, strict=True)
+                         if _is_vessel(f))
+        middle = None
+        if balance == "vessels" and len(centres) >= 2:
+            k = len(centres) // 2  # between the two middle vessels
+            middle = round((centres[k - 1] + centres[k]) / 2)
+        cut = cut_position(extents, size, middle)
         if axis == 0:
             windows = (Window(0, 0, cut, src.height), Window(cut, 0, src.width - cut, src.height))
         else:

@@ -165,12 +165,14 @@ def split_reviews(exported: list[tuple[str, str, Path]], scratch: Path
     train, held = [], []
     for _, _, folder in exported:
         try:
-            a, b = cut_in_halves(folder, scratch / "a" / folder.name, scratch / "b" / folder.name)
+            a, b = cut_in_halves(folder, scratch / "a" / folder.name, scratch / "b" / folder.name,
+                                 balance="vessels")
         except SplitError as exc:
             raise RetrainError(f"reviewed scene {folder.name}: {exc}") from None
         train.append(a)
         held.append(b)
-    return train, held, "by area (each reviewed scene's second half held out)"
+    return train, held, ("by area (each reviewed scene cut between its middle two labelled "
+                         "vessels, the second part held out)")
 
 
 # --- fine-tuning ------------------------------------------------------------------------------
