@@ -477,70 +477,6 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 # --- AIS, watchlist ---------------------------------------------------------------------------
 
 
-def cmd_ais_import(args: argparse.Namespace) -> int:
-    from imagery import ais
-
-    ws, failed, truncated = _writing_workspace(args, "ais import"), [], []
-    for path in args.files:
-        # Each file is its own unit (its own transaction): a bad one is named on one line and
-        # the others still import.
-        try:
-            report = ais.import_file(ws, path, args.format, args.received_at, args.columns)
-        except ais.AisError as exc:
-            print(f"berthwatch ais import: error: {exc}", file=sys.stderr)
-            failed.append(path)
-            continue
-        print("\n".join(ais.describe_import(report)))
-        if report.truncated:
-            print(f"berthwatch ais import: error: {path}: truncated gzip (the stream ends early); "
-                  "its complete lines before the cut are stored; import a complete copy "
-                  "(rows already stored are not stored twice)", file=sys.stderr)
-            truncated.append(path)
-    if not failed and not truncated:
-        if len(args.files) > 1:
-            print(f"ais import: {len(args.files)} files imported")
-        return 0
-    whole = len(args.files) - len(failed) - len(truncated)
-    print(f"ais import: {whole} of {len(args.files)} files imported"
-          + (f"; truncated, partly imported: {', '.join(truncated)}" if truncated else "")
-          + (f"; failed, nothing imported: {', '.join(failed)}" if failed else ""),
-          file=sys.stderr)
-    return 2
-
-
-def cmd_watchlist_import(args: argparse.Namespace) -> int:
-    from imagery import ais
-
-    ws = _writing_workspace(args, "watchlist import")
-    try:
-        report = ais.import_watchlist(ws, args.file)
-    except ais.AisError as exc:
-        raise UserError(str(exc)) from None
-    print("\n".join(ais.describe_watchlist(report)))
-    return 0
-
-
-def _add_ais_parsers(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("ais", help="import AIS (NMEA or CSV) into the workspace")
-    actions = p.add_subparsers(dest="ais_command", required=True, metavar="ACTION")
-    imp = actions.add_parser("import", parents=[common], help="import NMEA 0183 or CSV AIS files",
-                             description="Import AIS files; a file already imported adds nothing.")
-    imp.set_defaults(handler=cmd_ais_import)
-    imp.add_argument("files", nargs="+", metavar="FILE")
-    imp.add_argument("--format", choices=("nmea", "csv"), help="default: told by the content")
-    imp.add_argument("--received-at", metavar="T[/T2]",
-                     help="time (or range spread over the messages) for NMEA without times")
-    imp.add_argument("--columns", metavar="FIELD=COLUMN,...",
-                     help="CSV columns, e.g. mmsi=ship_id,time=ts,lat=y,lon=x (optional: sog, "
-                          "cog, heading, name, imo, callsign, shiptype, status, length, width)")
-    p = sub.add_parser("watchlist", help="vessels of interest flagged wherever they appear")
-    actions = p.add_subparsers(dest="watchlist_command", required=True, metavar="ACTION")
-    imp = actions.add_parser("import", parents=[common], help="add vessels from a CSV "
-                             "(columns mmsi, imo, name, note)")
-    imp.set_defaults(handler=cmd_watchlist_import)
-    imp.add_argument("file", metavar="FILE")
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
@@ -671,107 +607,6 @@ def _add_review_parsers(sub: argparse._SubParsersAction, common: argparse.Argume
 # --- train, evaluate (the only place imagery reaches into training) --------------------------
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from training.train import run
-
-    return _training_command(run, args)
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import run
-
-    return _training_command(run, args)
-
-
-def _training_command(run: Callable, args: argparse.Namespace) -> int:
-    from imagery.detector import DetectorError
-
-    try:
-        run(args)
-    except (DetectorError, FileNotFoundError, ValueError) as exc:
-        # Bad folders, labels or weights: a message, not a traceback.
-        raise UserError(str(exc)) from None
-    return 0
-
-
-def cmd_retrain(args: argparse.Namespace) -> int:
-    from imagery.detector import DetectorError
-    from imagery.pipeline import RunLocked
-    from training.retrain import RetrainConfig, RetrainError, format_result, retrain
-
-    cfg = RetrainConfig(steps=args.steps, threads=args.threads, noise=args.noise,
-                        benchmark=args.benchmark, seed=args.seed, device=args.device,
-                        confidence=args.confidence)
-    try:
-        result = retrain(args.workspace, args.data, cfg)
-    except (RetrainError, RunLocked, DetectorError) as exc:
-        raise UserError(str(exc)) from None
-    print(format_result(result))
-    return 0
-
-
-def cmd_models(args: argparse.Namespace) -> int:
-    from imagery import models
-    from imagery.pipeline import open_workspace
-
-    ws = open_workspace(args.workspace)
-    try:
-        if args.models_command == "promote":
-            now = models.promote(ws, args.name)
-            print(f"{ws.root}: now using {now.name} (sha256 {now.sha256[:12]}...)")
-        elif args.models_command == "rollback":
-            old, now = models.rollback(ws)
-            print(f"{ws.root}: rolled back {old.name}; now using {now.name} "
-                  f"(sha256 {now.sha256[:12]}...)")
-        else:
-            print(models.format_models(ws))
-    except models.ModelsError as exc:
-        raise UserError(str(exc)) from None
-    return 0
-
-
-def _add_learning_parsers(add: Callable) -> None:
-    p = add("retrain", cmd_retrain, "fine-tune the workspace's model on its reviewed scenes, "
-            "gate it on held-out reviews, register it (promoted only if better)")
-    p.add_argument("--data", nargs="+", metavar="DIR", default=[],
-                   help="base labelled folders mixed into training so it does not forget "
-                        "(e.g. ../shared/data/sen2ships)")
-    p.add_argument("--steps", type=int, default=300, help="fine-tuning steps (default 300)")
-    p.add_argument("--noise", type=float, default=0.03,
-                   help="F1 loss on the --data folders still counted as not worse (0.03)")
-    p.add_argument("--confidence", type=float, default=0.9,
-                   help="share of bootstrap resamples of the held-out reviews in which the "
-                        "candidate must score better (default 0.9)")
-    p.add_argument("--benchmark", choices=("in-sample", "none"), default="in-sample",
-                   help="score both models on the --data folders (default) or not")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning (default 0)")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
-    p.add_argument("--device", help="torch device (default: cuda when available, else cpu)")
-    p = add("models", cmd_models, "the workspace's models: list, promote NAME, rollback")
-    actions = p.add_subparsers(dest="models_command", metavar="ACTION")
-    promote = actions.add_parser("promote", help="use NAME from now on")
-    promote.add_argument("name", help="a model name from `berthwatch models`")
-    rollback = actions.add_parser("rollback", help="return to the model in use before this one")
-    for action in (promote, rollback):  # --workspace after the action too
-        action.add_argument("--workspace", metavar="DIR", default=argparse.SUPPRESS,
-                            help="workspace folder (default $BERTHWATCH_HOME or ~/.berthwatch)")
-
-
-def _add_training_parsers(add: Callable, command: str | None) -> None:
-    # Their options live in `training`, which imports torch: only load it when it is asked
-    # for, so that `berthwatch ports` stays instant.
-    p_train = add("train", cmd_train, "train detector weights on labelled folders")
-    p_eval = add("evaluate", cmd_evaluate, "score weights on labelled folders, per port and pooled")
-    if command == "train":
-        from training import train
-
-        train.add_arguments(p_train)
-    elif command == "evaluate":
-        from training import evaluate
-
-        evaluate.add_arguments(p_eval)
-
-
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -891,8 +726,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda or cuda:N (default auto: cuda when torch sees a GPU, "
                         "else cpu; with --cluster each worker resolves it for itself)")
-    _add_training_parsers(add, command)
-    _add_learning_parsers(add)
+    from imagery.cli.learning import add_learning_parsers, add_training_parsers
+
+    add_training_parsers(add, command)
+    add_learning_parsers(add)
     p = add("demo", cmd_demo, "run the whole pipeline offline on SIMULATED data")
     p.add_argument("--seed", type=int, default=7, help="seed of the simulation (default 7)")
     p.add_argument("--weights", help="weights name or .pt file (default: the shipped model)")
@@ -914,7 +751,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
                    help="only alerts with this review status (the latest verdict; open: none)")
     p.add_argument("--format", choices=("table", "csv", "geojson"), default="table",
                    help="output format (default table)")
-    _add_ais_parsers(sub, common)
+    from imagery.cli.ais import add_ais_parsers
+
+    add_ais_parsers(sub, common)
     _add_review_parsers(sub, common)
     return parser
 
@@ -952,6 +791,3 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silences the flush at exit
         return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m imagery.cli`: the `berthwatch` command."""
+
+import sys
+
+from imagery.cli import main
+
+sys.exit(main())
