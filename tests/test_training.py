@@ -298,3 +298,29 @@ def test_mining_stage_samples_its_own_crops(tmp_path, monkeypatch):
     fit([scene], recipe, progress=False)
     assert seen[:2] == [(2, 32, 0.1, 0)] * 2
     assert [s[:3] for s in seen[2:]] == [(3, 48, 0.4)] * 2 and seen[2][3] > 0
+
+
+def test_card_shows_the_learning_loop_table_stored_in_the_metadata(tmp_path):
+    """`metrics.learning_loop` (the JSON of benchmarks/adapt_bench.py) becomes the card's
+    table, one row per port and the pooled row."""
+    import shutil
+
+    from training.export import main as export_main
+    from training.export import update_metadata
+
+    weights = Path(__file__).resolve().parents[1] / "weights"
+    for suffix in (".pt", ".json"):
+        shutil.copy(weights / f"berthnet-s2{suffix}", tmp_path)
+    meta = tmp_path / "berthnet-s2.json"
+    metrics = json.loads(meta.read_text())["metrics"]
+    metrics["learning_loop"] = {
+        "about": "Replayed on halves.",
+        "pooled": {"base_f1": 0.6, "adapted_f1": 0.65, "candidate_f1": 0.62},
+        "ports": {"zeta": {"base_f1": 0.5, "adapted_f1": 0.75, "candidate_f1": 0.7,
+                           "promoted": [True, False], "retrain_seconds": [100.4, 200.6]}}}
+    update_metadata(meta, metrics=metrics)
+    export_main(["--weights", str(tmp_path / "berthnet-s2.pt"), "--card-only"])
+    card = (tmp_path / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "Replayed on halves." in card
+    assert "| zeta | 0.500 | 0.750 | 0.700 | yes, no | 100, 201 |" in card
+    assert "| **pooled** | 0.600 | **0.650** | 0.620 | | |" in card

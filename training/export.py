@@ -207,6 +207,7 @@ def write_model_card(entry: WeightsEntry, path: Path) -> None:
         tta=_tta_text(entry.metrics.get("leave_ports_out_tta")),
         speed=_speed_text(meta.get("card_speed")),
         notes=_notes(meta.get("card_notes")),
+        learning=_learning_text(entry.metrics.get("learning_loop")),
     )
     path.write_text(text, encoding="utf-8")
 
@@ -277,6 +278,23 @@ def _table(ports: dict, pooled: dict | None) -> str:
                     f"{pooled['precision']:.3f} | {pooled['recall']:.3f} | "
                     f"**{pooled['f1']:.3f}** | {pooled['count_error']:+d} |")
     return head + "\n" + ("\n".join(rows) if rows else "| (not measured) |")
+
+
+def _learning_text(loop: dict | None) -> str:
+    """The table of `benchmarks/adapt_bench.py --json` (stored as `metrics.learning_loop`)."""
+    if not loop:
+        return "Not measured for these weights (`benchmarks/adapt_bench.py`)."
+    rows = ["| port | base F1 | adapted F1 | candidate alone | promoted (A->B, B->A) | "
+            "retrain s (A->B, B->A) |", "|---|---|---|---|---|---|"]
+    for port, r in sorted(loop["ports"].items()):
+        rows.append(f"| {port} | {r['base_f1']:.3f} | {r['adapted_f1']:.3f} | "
+                    f"{r['candidate_f1']:.3f} | "
+                    f"{', '.join('yes' if x else 'no' for x in r['promoted'])} | "
+                    f"{', '.join(f'{s:.0f}' for s in r['retrain_seconds'])} |")
+    pooled = loop["pooled"]
+    rows.append(f"| **pooled** | {pooled['base_f1']:.3f} | **{pooled['adapted_f1']:.3f}** | "
+                f"{pooled['candidate_f1']:.3f} | | |")
+    return (f"{loop.get('about', '')}\n\n" + "\n".join(rows)).strip()
 
 
 def _notes(notes: list[str] | None) -> str:
@@ -372,6 +390,9 @@ Pooled leave-ports-out F1 by threshold: {sweep}.
 ## In-sample metrics
 {in_sample}
 
+## Adapting to a port: the learning loop
+{learning}
+
 ## Validation notes
 {notes}
 
@@ -407,6 +428,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--card-only", action="store_true")
     ap.add_argument("--speed", help="JSON file of benchmark figures (label: text) to store in "
                     "the metadata as `card_speed` and show in the card")
+    ap.add_argument("--learning-loop", metavar="JSON",
+                    help="the --json of benchmarks/adapt_bench.py, stored in the metadata as "
+                    "`metrics.learning_loop` and shown in the card as its table")
+    ap.add_argument("--learning-loop-about", default="",
+                    help="the sentence above that table: how and where it was measured")
     args = ap.parse_args(argv)
     card = Path(args.card or Path(args.weights).parent / "MODEL_CARD.md")
     if not args.card_only:
@@ -420,8 +446,23 @@ def main(argv: list[str] | None = None) -> None:
         # A list of lines, not a dict: the metadata is written with sorted keys.
         update_metadata(Path(args.weights).with_suffix(".json"),
                         card_speed=[f"{k}: {v}" for k, v in speed.items()])
+    if args.learning_loop:
+        store_learning_loop(Path(args.weights).with_suffix(".json"),
+                            json.loads(Path(args.learning_loop).read_text(encoding="utf-8")),
+                            args.learning_loop_about)
     write_model_card(get_weights(args.weights), card)
     print(f"wrote {card}")
+
+
+def store_learning_loop(meta: Path, bench: dict, about: str) -> None:
+    """The per-port and pooled figures of an adapt_bench run (not its per-direction details)
+    as `metrics.learning_loop`."""
+    keep = ("base_f1", "adapted_f1", "candidate_f1", "promoted", "retrain_seconds")
+    metrics = json.loads(meta.read_text(encoding="utf-8"))["metrics"]
+    metrics["learning_loop"] = {
+        "about": about, "settings": bench.get("settings", {}), "pooled": bench["pooled"],
+        "ports": {port: {k: r[k] for k in keep} for port, r in bench["ports"].items()}}
+    update_metadata(meta, metrics=metrics)
 
 
 if __name__ == "__main__":
