@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     args.weights_name = entry.name
     dirs = find_scene_dirs(args.data)
     cfg = RetrainConfig(steps=args.steps, benchmark=args.benchmark, threads=args.threads)
-    ports, base_all, adapted_all = {}, [], []
+    ports: dict = {}
     for folder in dirs:
         if args.ports and folder.name not in args.ports:
             continue
@@ -152,8 +152,6 @@ def main(argv: list[str] | None = None) -> dict:
         if out is None:
             continue
         runs = out["runs"]
-        base_all += [r["base"] for r in runs]
-        adapted_all += [r["adapted"] for r in runs]
         ports[folder.name] = {
             "base_f1": _pool([r["base"] for r in runs])["f1"],
             "adapted_f1": _pool([r["adapted"] for r in runs])["f1"],
@@ -164,33 +162,32 @@ def main(argv: list[str] | None = None) -> dict:
             "model": out["model"], "runs": runs,
         }
         if args.json:  # after every port, so that a long run stopped early keeps its ports
-            _write(args, ports, base_all, adapted_all)
-    pooled = _write(args, ports, base_all, adapted_all) if args.json else None
-    pooled = pooled or _pooled(base_all, adapted_all, ports)
+            _write(args, ports, _pooled(ports))
+    pooled = _pooled(ports)
+    if args.json and not ports:
+        _write(args, ports, pooled)
     print(f"{'port':12s} {'base F1':>8s} {'adapted':>8s}  promoted      seconds")
     for name, p in ports.items():
         print(f"{name:12s} {p['base_f1']:8.3f} {p['adapted_f1']:8.3f}  "
               f"{str(p['promoted']):13s} {p['seconds']:.0f}")
-    if base_all:
+    if ports:
         print(f"{'POOLED':12s} {pooled['base_f1']:8.3f} {pooled['adapted_f1']:8.3f}")
     return {"pooled": pooled, "ports": ports}
 
 
-def _pooled(base_all: list[dict], adapted_all: list[dict], ports: dict | None = None) -> dict:
-    runs = [r for p in (ports or {}).values() for r in p["runs"]]
-    return {"base_f1": _pool(base_all)["f1"] if base_all else None,
-            "adapted_f1": _pool(adapted_all)["f1"] if adapted_all else None,
-            "candidate_f1": _pool([r["candidate"] for r in runs])["f1"] if runs else None}
+def _pooled(ports: dict) -> dict:
+    """Pooled F1 over every direction of every port: base, adapted and candidate alone."""
+    runs = [r for p in ports.values() for r in p["runs"]]
+    return {f"{kind}_f1": _pool([r[kind] for r in runs])["f1"] if runs else None
+            for kind in ("base", "adapted", "candidate")}
 
 
-def _write(args: argparse.Namespace, ports: dict, base_all: list, adapted_all: list) -> dict:
-    pooled = _pooled(base_all, adapted_all, ports)
+def _write(args: argparse.Namespace, ports: dict, pooled: dict) -> None:
     result = {"pooled": pooled, "ports": ports,
               "settings": {"leave_ports_out": args.leave_ports_out, "weights": args.weights_name,
                            "steps": args.steps, "benchmark": args.benchmark,
                            "threads": args.threads}}
     Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
-    return pooled
 
 
 if __name__ == "__main__":

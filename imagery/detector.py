@@ -21,6 +21,7 @@ import json
 import math
 import os
 import queue
+import re
 import threading
 import warnings
 from collections import deque
@@ -350,19 +351,24 @@ def _first_line(exc: BaseException) -> str:
     return (lines[0] if lines else type(exc).__name__)[:200]
 
 
+def check_device_name(name: str) -> str:
+    """`name` if it spells a device `resolve_device` knows (auto, cpu, cuda, cuda:N), without
+    asking torch what this machine has: for a device that other machines resolve."""
+    if name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name):
+        return name
+    raise DetectorError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
+
+
 def resolve_device(name: str) -> str:
     """`auto` is cuda when torch sees a GPU, else cpu; asking for cuda without one is an
     error rather than a silent fall back to the CPU."""
+    check_device_name(name)
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return name
-    if name == "cuda" or name.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise DetectorError(f"device {name!r}: torch sees no CUDA GPU on this machine "
-                                "(use --device cpu, or auto)")
-        return name
-    raise DetectorError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise DetectorError(f"device {name!r}: torch sees no CUDA GPU on this machine "
+                            "(use --device cpu, or auto)")
+    return name
 
 
 def load_model(

@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from workspace_tables import table_rows
 
 from imagery.cli import main
 from imagery.ports import get_port
@@ -39,18 +40,7 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 def dump(workspace: Path) -> dict:
     """Every row of the pipeline tables (less `fetched_at`) and every file they point at."""
-    conn = sqlite3.connect(workspace / "berthwatch.sqlite")
-    conn.row_factory = sqlite3.Row
-    root = str(workspace.resolve())
-    out = {}
-    for table in TABLES:
-        rows = []
-        for row in conn.execute(f"SELECT * FROM {table}"):
-            values = tuple((k, row[k].replace(root, "<WS>") if isinstance(row[k], str)
-                            else row[k]) for k in row.keys() if k != "fetched_at")
-            rows.append(values)
-        out[table] = sorted(rows, key=repr)
-    conn.close()
+    out = table_rows(workspace, TABLES, lambda key: key == "fetched_at")
     files = {}
     for folder in ("detections", "evidence"):
         for path in sorted((workspace / folder).rglob("*")):

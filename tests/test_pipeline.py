@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from workspace_tables import table_rows
 
 from imagery.cli import main
 from imagery.pipeline import RunLocked, open_workspace, run_lock, run_pass
@@ -27,25 +28,7 @@ TABLES = ("scenes", "processing", "detections", "zone_counts", "matches", "ais_o
 def dump(workspace: Path) -> dict[str, list[tuple]]:
     """Every row of every pipeline table, with what legitimately differs between two
     workspaces (their location, wall-clock times) normalised away."""
-    conn = sqlite3.connect(workspace / "berthwatch.sqlite")
-    conn.row_factory = sqlite3.Row
-    root = str(workspace.resolve())
-    out = {}
-    for table in TABLES:
-        rows = []
-        for row in conn.execute(f"SELECT * FROM {table}"):
-            values = []
-            for key in row.keys():
-                value = row[key]
-                if key.endswith("_at") or key == "import_id":
-                    continue
-                if isinstance(value, str):
-                    value = value.replace(root, "<WS>")
-                values.append((key, value))
-            rows.append(tuple(values))
-        out[table] = sorted(rows, key=repr)
-    conn.close()
-    return out
+    return table_rows(workspace, TABLES, lambda key: key.endswith("_at") or key == "import_id")
 
 
 def _feed(path: Path) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -369,7 +368,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     source = _source(args)
     # Without a cluster, refused here when this machine cannot use it; on a cluster, `auto`
     # and `cuda` are resolved by each worker for itself.
-    device = _device(args) if not args.cluster else _device_name(args.device)
+    device = _device(args, here=not args.cluster)
     try:
         if args.weights:
             weights_blob(args.weights)  # bad weights are refused before any cluster starts
@@ -392,19 +391,13 @@ def _maybe_cluster(address: str | None):
     return cluster_client(address) if address else nullcontext()
 
 
-def _device_name(name: str) -> str:
-    """A device name for other machines to resolve: its spelling checked here."""
-    if name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", name):
-        return name
-    raise UserError(f"device {name!r} is not one of auto, cpu, cuda, cuda:N")
-
-
-def _device(args: argparse.Namespace) -> str:
-    """--device checked (imagery.detector.resolve_device): one line when torch cannot use it."""
-    from imagery.detector import DetectorError, resolve_device
+def _device(args: argparse.Namespace, here: bool = True) -> str:
+    """--device checked (imagery.detector.resolve_device): one line when torch cannot use it.
+    Not `here` (a cluster's workers resolve it): only its spelling is checked."""
+    from imagery.detector import DetectorError, check_device_name, resolve_device
 
     try:
-        return resolve_device(args.device)
+        return resolve_device(args.device) if here else check_device_name(args.device)
     except DetectorError as exc:
         raise UserError(str(exc)) from None
 
@@ -614,12 +607,28 @@ def _add_selection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", required=True, help="port name (see `berthwatch ports`)")
     p.add_argument("--start", required=True, type=_date, help="first date, ISO 8601")
     p.add_argument("--end", required=True, type=_end_date, help="last date, ISO 8601")
+    _add_source_options(p)
+
+
+def _add_source_options(p: argparse.ArgumentParser) -> None:
+    """Where scenes come from: search, fetch, run, watch and backfill."""
     p.add_argument("--max-cloud", type=float, default=30.0,
-                   help="cloud limit in percent (default 30)")
+                   help="skip scenes whose AOI is more clouded, in percent (default 30)")
     p.add_argument("--source", choices=("sentinelhub", "local", "simulated"),
                    default="sentinelhub", help="where scenes come from (default sentinelhub)")
     p.add_argument("--from", dest="from_dir", help="folder of scene GeoTIFFs for --source local")
     p.add_argument("--seed", type=int, default=0, help="seed for --source simulated")
+
+
+def _add_model_options(p: argparse.ArgumentParser, device_note: str = "") -> None:
+    """The detector of a pass: run, watch and backfill."""
+    p.add_argument("--weights", help="weights name or .pt file (default: the workspace's model)")
+    p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
+    p.add_argument("--tta", action="store_true",
+                   help="detect with eight orientations of each chip averaged (~7x slower)")
+    p.add_argument("--device", default="auto",
+                   help="auto, cpu, cuda or cuda:N (default auto: cuda when torch sees a GPU, "
+                        f"else cpu{device_note})")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -682,21 +691,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--port", help="one port (default: all)")
         p.add_argument("--since", type=_date, help="search scenes since (default: 14 days ago)")
         p.add_argument("--until", type=_end_date, help="search scenes until (default: now)")
-        p.add_argument("--max-cloud", type=float, default=30.0,
-                       help="skip scenes whose AOI is more clouded, in percent (default 30)")
-        p.add_argument("--source", choices=("sentinelhub", "local", "simulated"),
-                       default="sentinelhub", help="where scenes come from (default sentinelhub)")
-        p.add_argument("--from", dest="from_dir", help="folder of scenes for --source local")
-        p.add_argument("--seed", type=int, default=0, help="seed for --source simulated")
+        _add_source_options(p)
         p.add_argument("--no-fetch", action="store_true",
                        help="only process scenes already in the workspace")
-        p.add_argument("--weights", help="weights name or .pt file (default: the shipped model)")
-        p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
-        p.add_argument("--tta", action="store_true",
-                       help="detect with eight orientations of each chip averaged (~7x slower)")
-        p.add_argument("--device", default="auto",
-                       help="auto, cpu, cuda or cuda:N (default auto: cuda when torch sees a "
-                            "GPU, else cpu)")
+        _add_model_options(p)
         if name == "run":
             p.add_argument("--redetect", action="store_true",
                            help="reprocess stored scenes (since --since) with the model in use; "
@@ -713,19 +711,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--cluster", metavar="ADDRESS",
                    help="dask scheduler address (tcp://host:8786), or local:N for N local worker "
                         "processes (default: run here, as `run` does)")
-    p.add_argument("--max-cloud", type=float, default=30.0,
-                   help="skip scenes whose AOI is more clouded, in percent (default 30)")
-    p.add_argument("--source", choices=("sentinelhub", "local", "simulated"),
-                   default="sentinelhub", help="where scenes come from (default sentinelhub)")
-    p.add_argument("--from", dest="from_dir", help="folder of scenes for --source local")
-    p.add_argument("--seed", type=int, default=0, help="seed for --source simulated")
-    p.add_argument("--weights", help="weights name or .pt file (default: the workspace's model)")
-    p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
-    p.add_argument("--tta", action="store_true",
-                   help="detect with eight orientations of each chip averaged (~7x slower)")
-    p.add_argument("--device", default="auto",
-                   help="auto, cpu, cuda or cuda:N (default auto: cuda when torch sees a GPU, "
-                        "else cpu; with --cluster each worker resolves it for itself)")
+    _add_source_options(p)
+    _add_model_options(p, "; with --cluster each worker resolves it for itself")
     from imagery.cli.learning import add_learning_parsers, add_training_parsers
 
     add_training_parsers(add, command)
