@@ -7,19 +7,21 @@ GPU, against torchvision's Faster R-CNN R50-FPN (issue 27 item 4).
 
 Writes a synthetic 5-band uint16 scene (water, land blobs, bright vessel rectangles) block by
 block and reports, each figure from a fresh child process (so its peak RSS is its own):
-1. in-process, CPU (`--threads`, default 2): `imagery.detector.detect` over the whole scene
-   (reading included), timed; and the network alone on three chips;
-2. in-process, GPU (fp32) when `--device` is cuda, or auto with a GPU: the network alone on
+1. in-process, CPU (`--threads`, default 2), in `--precision` (default auto: bf16 where the
+   CPU computes it natively): `imagery.detector.detect` over the whole scene (reading
+   included), timed; and the network alone on one chip, five passes;
+2. in-process, GPU when `--device` is cuda, or auto with a GPU: the network alone on
    batches of chips already on the GPU (chip pixels per second), then `detect()` end to end
    (reading, batches of GPU_BATCH chips, post-processing on the GPU);
-3. Faster R-CNN in-process on the CPU: `--rcnn-chips` chips of the same tiling timed and
-   extrapolated to the scene's chip count, as printed;
+3. Faster R-CNN in-process on the CPU, in the CPU detector's precision unless
+   `--rcnn-precision` says otherwise (bf16: under torch.autocast): `--rcnn-chips` chips of
+   the same tiling timed and extrapolated to the scene's chip count, as printed;
 4. whole-process: `python -m imagery.cli detect` on a `--process-size` scene (default 2048)
    against `benchmarks/rcnn_detect.py` (the reference, run the same way: one process that
-   loads the model, reads and detects every chip) on the same scene and device, wall time
-   of each process from start to exit.
+   loads the model, reads and detects every chip) on the same scene, device and precision,
+   wall time of each process from start to exit (ours: the median of `--process-runs`).
 `--full-tile` runs 1 and 2 on a 10980 x 10980 scene (the detector only): seconds, peak RSS.
-The detector runs in channels_last layout, one chip per batch on a CPU;
+The detector runs in channels_last layout, one chip per thread on a CPU;
 `--rcnn-channels-last` gives the in-process reference the same layout.
 """
 
@@ -92,12 +94,12 @@ def peak_rss_mb() -> float:
 
 
 def bench_detector(scene: Path, weights: str | None, threads: int, chip: int,
-                   tta: bool = False, device: str = "cpu") -> dict:
+                   tta: bool = False, device: str = "cpu", precision: str | None = None) -> dict:
     """The network alone, then detect() over the whole scene, on `device` (in this process)."""
     from imagery.detector import detect, load_model
 
     torch.set_num_threads(threads)
-    model, entry = load_model(weights, device)
+    model, entry = load_model(weights, device, precision)
     info = open_scene(scene)
     network = bench_network(model, info, chip, device)
     if device != "cpu":
@@ -111,7 +113,7 @@ def bench_detector(scene: Path, weights: str | None, threads: int, chip: int,
     result = {"device": device, "seconds": round(seconds, 2), "megapixels": round(mp, 2),
               "mp_per_s": round(mp / seconds, 3), "detections": len(found),
               "peak_rss_mb": round(peak_rss_mb(), 1), "model": entry.name, "tta": tta,
-              "threads": threads, "network": network}
+              "threads": threads, "precision": model.precision, "network": network}
     if device != "cpu":
         result["gpu_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         result["gpu"] = torch.cuda.get_device_name()
@@ -124,12 +126,14 @@ def _sync(device: str) -> None:
 
 
 def bench_network(model, info, chip: int, device: str) -> dict:
-    """The model alone (fp32, inference, input already on the device): chip pixels a
-    second. Real chips of the scene; one chip a pass on a CPU, 16 on a GPU."""
+    """The model alone (in its precision, inference, input already on the device): chip
+    pixels a second. Real chips of the scene; one chip a pass on a CPU (on all of its
+    threads, as one chip is never run by detect(), which gives each thread a chip of its
+    own), 16 on a GPU."""
     from imagery.detector import GPU_BATCH
     from imagery.detector import SCENE_BANDS as bands
 
-    batch, passes = (1, 3) if device == "cpu" else (16, 20)
+    batch, passes = (1, 5) if device == "cpu" else (16, 20)
     arrays = [c.array for _, c in zip(range(batch), iter_chips(info, chip, 64, bands),
                                       strict=False)]
     arrays = (arrays * batch)[:batch]  # a scene with fewer chips repeats them
@@ -137,7 +141,8 @@ def bench_network(model, info, chip: int, device: str) -> dict:
     x = x.contiguous(memory_format=torch.channels_last)
     present = torch.ones((batch, len(bands)), dtype=torch.bool, device=device)
     with torch.inference_mode():
-        model(x, present)  # warm-up, not timed: CUDA context, cuDNN's kernels
+        model(x, present)  # warm-up, not timed: CUDA context, cuDNN's and oneDNN's kernels
+        model(x, present)
         if device != "cpu":  # and those of detect()'s batches
             model(x[:GPU_BATCH], present[:GPU_BATCH])
         _sync(device)
@@ -167,22 +172,29 @@ def whole_process(cmd: list[str]) -> float:
     return time.perf_counter() - start
 
 
-def bench_whole_process(scene: Path, tmp: Path, device: str, threads: int) -> dict:
-    """`berthwatch detect` and the Faster R-CNN script on the same scene, each one process."""
-    ours = whole_process([sys.executable, "-m", "imagery.cli", "detect", str(scene), "--out",
-                          str(tmp / "out.geojson"), "--device", device,
-                          "--threads", str(threads)])
+def bench_whole_process(scene: Path, tmp: Path, device: str, threads: int, precision: str,
+                        rcnn_precision: str, runs: int = 3) -> dict:
+    """`berthwatch detect` and the Faster R-CNN script on the same scene, each one process:
+    ours the median of `runs` (a few seconds each, so that one slow start does not decide
+    the ratio), the reference once (a minute on a CPU: its start-up is a small part)."""
+    times = sorted(whole_process([sys.executable, "-m", "imagery.cli", "detect", str(scene),
+                                  "--out", str(tmp / "out.geojson"), "--device", device,
+                                  "--threads", str(threads), "--precision", precision])
+                   for _ in range(runs))
+    ours = times[len(times) // 2]
     batch = "1" if device == "cpu" else "8"
     ref = whole_process([sys.executable, str(ROOT / "benchmarks" / "rcnn_detect.py"),
                          str(scene), "--device", device, "--threads", str(threads),
-                         "--batch", batch])
+                         "--batch", batch, "--precision", rcnn_precision])
     info = open_scene(scene)
-    return {"device": device, "size": info.width, "berthwatch_detect_s": round(ours, 2),
+    return {"device": device, "size": info.width, "precision": precision,
+            "fasterrcnn_precision": rcnn_precision, "berthwatch_detect_s": round(ours, 2),
+            "berthwatch_detect_runs_s": [round(t, 2) for t in times],
             "fasterrcnn_s": round(ref, 2), "ratio": round(ref / ours, 2)}
 
 
 def bench_rcnn(scene: Path, threads: int, chip: int, overlap: int, n_chips: int,
-               channels_last: bool = False) -> dict:
+               channels_last: bool = False, precision: str = "fp32") -> dict:
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
     torch.set_num_threads(threads)
@@ -196,7 +208,8 @@ def bench_rcnn(scene: Path, threads: int, chip: int, overlap: int, n_chips: int,
     images = [torch.from_numpy(np.nan_to_num(c.array) * 3.0).clamp(0, 1)
               for _, c in zip(range(n_chips + 1), chips, strict=False)]
     images = (images * (n_chips + 1))[: n_chips + 1]  # a scene with fewer chips repeats them
-    with torch.inference_mode():
+    autocast = torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16")
+    with torch.inference_mode(), autocast:
         model([images[0]])  # warm-up, not timed
         start = time.perf_counter()
         for img in images[1:]:
@@ -206,12 +219,14 @@ def bench_rcnn(scene: Path, threads: int, chip: int, overlap: int, n_chips: int,
     mp = info.width * info.height / 1e6
     return {"seconds_per_chip": round(per_chip, 2), "chips": total,
             "seconds_extrapolated": round(seconds, 1), "mp_per_s": round(mp / seconds, 4),
-            "timed_chips": n_chips, "channels_last": channels_last}
+            "timed_chips": n_chips, "channels_last": channels_last, "precision": precision}
 
 
 def _child(args, scene: Path, device: str) -> dict:
     cmd = [sys.executable, __file__, "--only-detector", "--scene", str(scene),
            "--threads", str(args.threads), "--chip", str(args.chip), "--device", device]
+    if args.precision:
+        cmd += ["--precision", args.precision]
     if args.weights:
         cmd += ["--weights", args.weights]
     if args.tta:
@@ -221,8 +236,8 @@ def _child(args, scene: Path, device: str) -> dict:
 
 
 def _print_detector(r: dict, full_tile: bool) -> None:
-    where = (f"{r['threads']} CPU threads" if r["device"] == "cpu"
-             else f"{r['gpu']} (fp32), peak GPU memory {r['gpu_peak_mb']} MB")
+    where = (f"{r['threads']} CPU threads ({r['precision']})" if r["device"] == "cpu"
+             else f"{r['gpu']} ({r['precision']}), peak GPU memory {r['gpu_peak_mb']} MB")
     tta = " with --tta" if r["tta"] else ""
     n = r["network"]
     print(f"detect(){tta} on {where}: {r['megapixels']} MP in {r['seconds']} s = "
@@ -242,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--process-size", type=int, default=2048,
                     help="scene size of the whole-process comparison (default 2048; 0: skip)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--process-runs", type=int, default=3,
+                    help="runs of `berthwatch detect` in the whole-process figure (median)")
     ap.add_argument("--device", default="auto",
                     help="auto (default: the GPU figures too when torch sees one), cpu, cuda")
     ap.add_argument("--chip", type=int, default=512)
@@ -257,10 +274,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="run the detector with test-time augmentation (eight orientations)")
     ap.add_argument("--rcnn-channels-last", action="store_true",
                     help="run the reference in channels_last layout too (the detector always is)")
+    ap.add_argument("--precision", help="the detector's: auto (default), fp32 or bf16")
+    ap.add_argument("--rcnn-precision", choices=("fp32", "bf16"),
+                    help="the reference's (default: the detector's precision on the CPU)")
     args = ap.parse_args(argv)
     if args.only_detector:
         print(json.dumps(bench_detector(Path(args.scene), args.weights, args.threads,
-                                        args.chip, args.tta, args.device)))
+                                        args.chip, args.tta, args.device, args.precision)))
         return
     from imagery.detector import resolve_device
 
@@ -279,10 +299,14 @@ def main(argv: list[str] | None = None) -> None:
         if args.full_tile:
             print(json.dumps(results))
             return
+        # Like for like by default: the reference in the precision of the CPU detector.
+        precision = results["detector"][0]["precision"]
+        rcnn_precision = args.rcnn_precision or precision
         ref = bench_rcnn(scene, args.threads, args.chip, args.overlap, args.rcnn_chips,
-                         args.rcnn_channels_last)
-        layout = " (channels_last)" if ref["channels_last"] else ""
-        print(f"fasterrcnn_resnet50_fpn{layout} in-process on {args.threads} CPU threads: "
+                         args.rcnn_channels_last, rcnn_precision)
+        layout = ", channels_last" if ref["channels_last"] else ""
+        print(f"fasterrcnn_resnet50_fpn ({rcnn_precision}{layout}) in-process on "
+              f"{args.threads} CPU threads: "
               f"{ref['seconds_per_chip']} s/chip x {ref['chips']} chips = "
               f"{ref['seconds_extrapolated']} s (extrapolated from {ref['timed_chips']} chips) "
               f"= {ref['mp_per_s']} MP/s")
@@ -295,11 +319,16 @@ def main(argv: list[str] | None = None) -> None:
             small = make_scene(Path(tmp) / f"p{args.process_size}.tif", args.process_size, 1)
             results["whole_process"] = []
             for d in devices:
-                w = bench_whole_process(small, Path(tmp), d, args.threads)
+                mine = next(r["precision"] for r in results["detector"] if r["device"] == d)
+                w = bench_whole_process(small, Path(tmp), d, args.threads, mine,
+                                        rcnn_precision if d == "cpu" else "fp32",
+                                        args.process_runs)
                 results["whole_process"].append(w)
                 print(f"whole process on {d} ({args.threads} threads), {w['size']} x {w['size']}"
-                      f" scene: berthwatch detect {w['berthwatch_detect_s']} s, Faster R-CNN "
-                      f"{w['fasterrcnn_s']} s: {w['ratio']}x")
+                      f" scene: berthwatch detect ({mine}) {w['berthwatch_detect_s']} s "
+                      f"(median of {w['berthwatch_detect_runs_s']}), "
+                      f"Faster R-CNN ({w['fasterrcnn_precision']}) {w['fasterrcnn_s']} s: "
+                      f"{w['ratio']}x")
         print(json.dumps(results))
 
 

@@ -71,8 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threshold", type=float, default=0.1)
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
-    cpu_model, entry = load_model()
-    dev_model, _ = load_model(None, args.device)
+    # Both in fp32: this compares devices; bf16 (auto on some CPUs) is compared with fp32 in
+    # tests/test_device_parity.py.
+    cpu_model, entry = load_model(None, "cpu", "fp32")
+    dev_model, _ = load_model(None, args.device, "fp32")
     options = decode_options(entry)
     failures = 0
     default_tf32 = torch.backends.cudnn.allow_tf32

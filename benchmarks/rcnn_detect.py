@@ -4,10 +4,12 @@ detects on every chip. `benchmarks/detect_bench.py` times this process whole, be
 `python -m imagery.cli detect` on the same scene.
 
     python benchmarks/rcnn_detect.py SCENE.tif [--device cpu|cuda] [--threads 2] [--batch N]
+                                          [--precision fp32|bf16]
 
 The model is torchvision's `fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)`:
 random weights (nothing is downloaded), the same arithmetic as a trained one; its transform
-resizes each chip to 800 px, as torchvision's defaults do.
+resizes each chip to 800 px, as torchvision's defaults do. `--precision bf16` runs it under
+torch.autocast in bfloat16, for a like-for-like figure against berthwatch's bf16 path.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=1, help="chips per call (default 1)")
+    ap.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     args = ap.parse_args(argv)
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
@@ -39,7 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).eval().to(args.device)
     info = open_scene(args.scene)
     boxes, batch = 0, []
-    with torch.inference_mode():
+    bf16 = args.precision == "bf16"
+    autocast = torch.autocast(torch.device(args.device).type, torch.bfloat16, enabled=bf16)
+    with torch.inference_mode(), autocast:
         for chip in iter_chips(info, 512, 64, ("B04", "B03", "B02")):
             rgb = torch.from_numpy(np.nan_to_num(chip.array) * 3.0).clamp(0, 1)
             batch.append(rgb.to(args.device))

@@ -96,6 +96,7 @@ class SceneJob:
     threshold: float | None = None
     tta: bool = False
     device: str = "cpu"  # resolved on the worker: `auto` takes the worker's own GPU if any
+    precision: str | None = None  # resolved on the worker too (detector.resolve_precision)
 
 
 @dataclass
@@ -117,15 +118,18 @@ class SceneResult:
 
 # --- the worker's side -----------------------------------------------------------------------
 
-_MODELS: dict[tuple[str, str], tuple] = {}  # (weights sha256, device) -> (model, entry)
+# (weights sha256, device, precision) -> (model, entry)
+_MODELS: dict[tuple[str, str, str], tuple] = {}
 
 
-def _model(blob: WeightsBlob, device: str = "cpu"):
-    """The model, loaded once per worker process and device."""
-    from imagery.detector import resolve_device
+def _model(blob: WeightsBlob, device: str = "cpu", precision: str | None = None):
+    """The model, loaded once per worker process, device and precision."""
+    from imagery.detector import resolve_device, resolve_precision
 
     device = resolve_device(device)
-    if (blob.sha256, device) not in _MODELS:
+    precision = resolve_precision(precision, device)
+    key = (blob.sha256, device, precision)
+    if key not in _MODELS:
         from imagery.detector import load_model
 
         folder = Path(tempfile.mkdtemp(prefix="berthwatch-weights-"))
@@ -134,10 +138,10 @@ def _model(blob: WeightsBlob, device: str = "cpu"):
             weights.write_bytes(blob.data)
             (folder / f"{weights.stem}.json").write_text(json.dumps(blob.metadata))
             # load_model checks the sha256 before unpickling
-            _MODELS[blob.sha256, device] = load_model(weights, device)
+            _MODELS[key] = load_model(weights, device, precision)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-    return _MODELS[blob.sha256, device]
+    return _MODELS[key]
 
 
 def _scratch_root() -> str | None:
@@ -181,7 +185,7 @@ def _detect(job: SceneJob, blob: WeightsBlob, path: Path, result: SceneResult) -
     try:
         result.collection = detect_scene(path, None, port=job.port, threshold=job.threshold,
                                          progress=False, tta=job.tta,
-                                         loaded=_model(blob, job.device))
+                                         loaded=_model(blob, job.device, job.precision))
     except Exception as exc:  # classified as `run` does; the coordinator records it
         result.error = classify_scene_error(exc, job.named_path)
 
@@ -227,11 +231,13 @@ def weights_blob(weights: str | None) -> WeightsBlob:
 def backfill(ws: Workspace, ports: list[Port], source, start: datetime, end: datetime, *,
              client=None, max_cloud: float = 30.0, weights: str | None = None,
              threshold: float | None = None, gates: Gates = DEFAULT_GATES, tta: bool = False,
-             progress: bool = True, device: str = "cpu") -> RunReport:
+             progress: bool = True, device: str = "cpu",
+             precision: str | None = None) -> RunReport:
     """Fetch, detect, reconcile and store every scene of `ports` between `start` and `end`
     that the workspace does not have done; per-scene work on `client`'s workers (a
     distributed.Client), or in this process when `client` is None. `device` is resolved
-    where the detection runs (`auto`: each worker's GPU when it has one)."""
+    where the detection runs (`auto`: each worker's GPU when it has one), and so is
+    `precision` (`auto`: bf16 on a worker whose CPU computes it natively)."""
     from imagery.models import resolve_weights
 
     report = RunReport()
@@ -242,7 +248,8 @@ def backfill(ws: Workspace, ports: list[Port], source, start: datetime, end: dat
             jobs = []
             for port in ports:
                 jobs += _plan(ws, port, source, start, end, max_cloud, gates, report)
-            jobs = [replace(j, threshold=threshold, tta=tta, device=device) for j in jobs]
+            jobs = [replace(j, threshold=threshold, tta=tta, device=device,
+                            precision=precision) for j in jobs]
             _run_jobs(ws, client, jobs, blob, gates, report, progress)
             for port in ports:
                 rebuild_episodes(ws, port)

@@ -73,15 +73,18 @@ def feature_collection(
     port=None,
     min_length_m: float = 0.0,
     tta: bool = False,
+    precision: str = "fp32",
 ) -> dict:
-    """The design.md GeoJSON: WGS84 points with per-vessel and per-zone properties."""
+    """The design.md GeoJSON: WGS84 points with per-vessel and per-zone properties, and the
+    model, threshold and precision that made them."""
     features = []
     for d in detections:
         props = {
             "score": round(d.score, 4),
             "length_m": round(d.length_m, 1),
             "width_m": round(d.width_m, 1),
-            "heading_deg": round(d.heading_deg, 1),
+            # An axial heading just under 180 rounds to 180.0, which is 0.0.
+            "heading_deg": round(d.heading_deg, 1) % 180.0,
             "berthed": d.berthed,
             "zone": d.zone,
             "px_x": round(d.px_x, 2),
@@ -105,6 +108,7 @@ def feature_collection(
         "threshold": threshold,
         "min_length_m": min_length_m,
         "tta": tta,
+        "precision": precision,
         "count": len(detections),
         "zones": zones,
         "simulated": info.simulated,

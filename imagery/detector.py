@@ -79,6 +79,10 @@ LOG_EPS = 0.01  # log(reflectance + eps): haze and gain become offsets, dark wat
 LOG_CENTER, LOG_SCALE = -2.5, 1.0
 CONTRAST_SCALE = 0.05  # a vessel on water stands 0.05-0.3 above its surroundings
 DEFAULT_NAME = "berthnet-s2"
+PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_ENV = "BERTHWATCH_PRECISION"
+PRECISION_HELP = ("fp32, bf16 or auto (default: $BERTHWATCH_PRECISION, else auto, which is bf16 "
+                  "on a CPU that computes it natively, twice as fast there, else fp32)")
 
 
 class DetectorError(ValueError):
@@ -144,22 +148,42 @@ class BerthNet(nn.Module):
         nn.init.constant_(self.out.bias[0], -4.0)  # CenterNet prior: heat starts near 0.02
 
     @staticmethod
-    def features(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def features(
+        x: torch.Tensor,
+        present: torch.Tensor,
+        dtype: torch.dtype | None = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ) -> torch.Tensor:
         """Scene-independent inputs: log reflectance, local contrast (reflectance minus its
-        ~40 px neighbourhood mean: additive haze and glint cancel), presence flags, NDWI."""
+        ~40 px neighbourhood mean: additive haze and glint cancel), presence flags, NDWI.
+        Computed in x's dtype and written straight into one tensor of `dtype` (default x's)
+        and `memory_format`: a concatenation and a conversion to channels_last bf16 would
+        cost a third more (26 against 19.5 ms a 512 px chip, one thread)."""
+        b, c, h, w = x.shape
         p = present.to(x.dtype)[:, :, None, None]
         x = torch.nan_to_num(x, nan=0.0).clamp(min=0.0, max=2.0) * p
-        logs = (torch.log(x + LOG_EPS) - LOG_CENTER) / LOG_SCALE * p
-        coarse = F.avg_pool2d(F.avg_pool2d(x, 4), 9, stride=1, padding=4, count_include_pad=False)
-        local = F.interpolate(coarse, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        contrast = ((x - local) / CONTRAST_SCALE).clamp(-8.0, 8.0)
+        # The pooling in the contiguous layout: the same sums in the same order whatever the
+        # layout of x, so that every layout gives the same inputs to the bit.
+        coarse = F.avg_pool2d(F.avg_pool2d(x.contiguous(), 4), 9, stride=1, padding=4,
+                              count_include_pad=False)
+        local = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+        out = torch.empty((b, 3 * c + 1, h, w), dtype=dtype or x.dtype, device=x.device,
+                          memory_format=memory_format)
+        out[:, :c] = (torch.log(x + LOG_EPS) - LOG_CENTER) / LOG_SCALE * p
+        out[:, c : 2 * c] = ((x - local) / CONTRAST_SCALE).clamp(-8.0, 8.0)
+        out[:, 2 * c : 3 * c] = p
         green, nir = x[:, 1:2], x[:, 3:4]
-        ndwi = (green - nir) / (green + nir + 1e-3) * p[:, 1:2] * p[:, 3:4]
-        flags = p.expand(-1, -1, x.shape[2], x.shape[3])
-        return torch.cat([logs, contrast, flags, ndwi], dim=1)
+        out[:, 3 * c :] = (green - nir) / (green + nir + 1e-3) * p[:, 1:2] * p[:, 3:4]
+        return out
 
     def forward(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        f1 = self.stem(self.features(x, present))
+        # The inputs go to the convolutions in the dtype (bf16 for `precision="bf16"`) and
+        # the layout (channels_last for inference and training) of their weights, whatever
+        # the layout of x: a contiguous x makes the inputs fastest (17 against 22 ms a chip).
+        weight = next(self.stem.parameters())
+        layout = (torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last)
+                  and not weight.is_contiguous() else torch.contiguous_format)
+        f1 = self.stem(self.features(x, present, weight.dtype, layout))
         f2 = self.down2(f1)
         f4 = self.down4(f2)
         f8 = self.down8(f4)
@@ -371,14 +395,54 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes bfloat16 natively: a CPU with AVX512-BF16 or AMX, or a CUDA
+    GPU that supports it. Elsewhere oneDNN would emulate bf16, slower than fp32."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def check_precision_name(name: str | None, origin: str = "") -> str | None:
+    """`name` if it is None (the default) or spells one of PRECISIONS."""
+    if name is not None and name not in PRECISIONS:
+        raise DetectorError(f"precision {name!r}{origin} is not one of {', '.join(PRECISIONS)}")
+    return name
+
+
+def resolve_precision(name: str | None, device: str) -> str:
+    """fp32 or bf16: the dtype of the model's convolutions on `device`. `None` takes
+    $BERTHWATCH_PRECISION, else auto. auto is bf16 on a CPU that computes it natively (twice
+    the network's throughput there, with the same leave-ports-out detections to within one
+    false alarm a port: docs/experiments.md) and fp32 elsewhere (on a GPU the network is not
+    what limits detect()). bf16 where it is not native is refused: it would be slower."""
+    origin = ""
+    if name is None:
+        name, origin = os.environ.get(PRECISION_ENV) or "auto", f" (from ${PRECISION_ENV})"
+    check_precision_name(name, origin)
+    if name == "auto":
+        return "bf16" if torch.device(device).type == "cpu" and native_bf16(device) else "fp32"
+    if name == "bf16" and not native_bf16(device):
+        raise DetectorError(f"precision bf16{origin}: device {device} does not compute "
+                            "bfloat16 natively (a CPU needs AVX512-BF16 or AMX); use fp32")
+    return name
+
+
 def load_model(
-    name_or_path: str | os.PathLike | None = None, device: str = "cpu"
+    name_or_path: str | os.PathLike | None = None, device: str = "cpu",
+    precision: str | None = None,
 ) -> tuple[BerthNet, WeightsEntry]:
-    """Load weights by registry name or path for inference (`load_state`, then fused)."""
+    """Load weights by registry name or path for inference (`load_state`, then fused), with
+    convolutions in `precision` (`resolve_precision`; the model's `precision` says which)."""
     model, entry = load_state(name_or_path, device)
+    chosen = resolve_precision(precision, device)
     # channels_last: oneDNN's convolutions run ~1.7x faster on a CPU in this layout (same
     # arithmetic; measured on 4 x 512^2 chips, 1.18 s -> 0.68 s on 2 threads).
     model = fuse_batchnorm(model.eval()).to(device, memory_format=torch.channels_last)
+    if chosen == "bf16":
+        model = model.to(torch.bfloat16)
+    model.precision = chosen
     return model, entry
 
 
@@ -420,7 +484,7 @@ def _forward(model: BerthNet, x: torch.Tensor, present: torch.Tensor, tta: bool)
     """The model's output; with `tta`, the heat and mask probabilities are the mean over the
     chip's eight flips and quarter turns (the model trained on every orientation, so each view
     is a fair second opinion), while size and angle stay those of the plain view."""
-    out = model(x, present)
+    out = model(x, present).float()  # the sum of eight views below needs fp32
     if not tta:
         return out
     probs = torch.sigmoid(out[:, 0:2])
@@ -430,7 +494,8 @@ def _forward(model: BerthNet, x: torch.Tensor, present: torch.Tensor, tta: bool)
                 continue  # the plain view, already in
             view = torch.rot90(x, turns, (2, 3))
             view = torch.flip(view, (3,)) if flip else view
-            seen = model(view.contiguous(memory_format=torch.channels_last), present)[:, 0:2]
+            seen = model(view.contiguous(), present)[:, 0:2]
+            seen = seen.float()
             seen = torch.flip(seen, (3,)) if flip else seen
             probs += torch.sigmoid(torch.rot90(seen, -turns, (2, 3)))
     out[:, 0:2] = torch.logit((probs / 8).clamp(1e-6, 1 - 1e-6))
@@ -446,7 +511,7 @@ def _run_batch(
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     device = model_device(model)
-    x = x.to(device).contiguous(memory_format=torch.channels_last)
+    x = x.to(device).contiguous()
     out = _forward(model, x, present.expand(x.shape[0], -1).to(device), tta)
     return out.float().cpu().contiguous()
 
@@ -542,6 +607,41 @@ class _Failure:
     error: BaseException
 
 
+@contextlib.contextmanager
+def _intra_op_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to `count` for the block (None: left as they are)."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _in_order(work, items: Iterator[tuple], workers: int) -> Iterator[tuple]:
+    """(item[0], work(*item)) for each item, in the items' order, `workers` at a time; the
+    look-ahead is bounded, so memory stays a few batches. An error in a worker is raised here."""
+    if workers <= 1:
+        for item in items:
+            yield item[0], work(*item)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="detect-work") as pool:
+        pending: deque = deque()
+        try:
+            for item in items:
+                pending.append((item[0], pool.submit(work, *item)))
+                if len(pending) >= 2 * workers:
+                    batch, future = pending.popleft()
+                    yield batch, future.result()
+            while pending:
+                batch, future = pending.popleft()
+                yield batch, future.result()
+        finally:
+            for _, future in pending:
+                future.cancel()
+
+
 def _infer(
     model: BerthNet, raw: torch.Tensor, present: torch.Tensor, size: int, tta: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -550,8 +650,11 @@ def _infer(
     x = torch.nan_to_num(raw, nan=0.0)
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-    x = x.contiguous(memory_format=torch.channels_last)
-    return _forward(model, x, present.expand(x.shape[0], -1), tta).float(), raw
+    x = x.contiguous()  # BerthNet.features is fastest from this layout
+    # Contiguous: post-processing reads the output a channel at a time, and a channel sliced
+    # from channels_last is a strided view (its peak test took 18 against 8 ms a chip).
+    out = _forward(model, x, present.expand(x.shape[0], -1), tta)
+    return out.contiguous(), raw
 
 
 def detect(
@@ -575,10 +678,12 @@ def detect(
     side of a seam). `batch_size` defaults to 1 chip on a CPU, where batches of one are the
     fastest (1.56 against 1.34 MP/s for batches of four 512 px chips: one chip's activations
     stay in cache), and GPU_BATCH on a GPU, which needs many chips in flight to be busy;
-    `readers` (threads reading chips) defaults to 1 on a CPU, GPU_READERS on a GPU.
-    Peaks, water and land masks run batched on the model's device (postprocess.
-    batch_detections) while a thread reads the next chips; `reference` runs the numpy/scipy
-    reference (postprocess.chip_detections) on the host instead, which tests compare with.
+    `readers` (threads reading chips) defaults to 1 on a CPU, GPU_READERS on a GPU. On a
+    CPU each of torch's threads (torch.set_num_threads) works a batch of its own, with one
+    intra-op thread each, in order. Peaks, water and land masks run batched on the model's
+    device (postprocess.batch_detections) while a thread reads the next chips; `reference`
+    runs the numpy/scipy reference (postprocess.chip_detections) on the host instead, one
+    batch at a time, which tests compare with.
     `tta` averages eight orientations of each chip (`_forward`): eight model passes."""
     if chip_size % 8 or chip_size < 32:
         raise DetectorError(f"chip_size {chip_size} must be a multiple of 8, at least 32")
@@ -595,19 +700,27 @@ def detect(
     bar = _progress(total, f"detect {info.scene_id}", progress)
     found: list[Detection] = []
     staged = _read_ahead(_staged_batches(chips, batch_size, device.type == "cuda"))
+
+    @torch.inference_mode()
+    def work(batch: list, raw: torch.Tensor, scl: torch.Tensor | None) -> list[Detection]:
+        if reference:
+            out = _run_batch(model, [c.array for c in batch], present, chip_size, tta)
+            return [d for chip, o, peaks in zip(batch, out, decode_peaks(out, threshold, kernel),
+                                                strict=True)
+                    for d in chip_detections(o, peaks, chip, info, scale)]
+        out, raw = _infer(model, raw, present.to(device), chip_size, tta)
+        scl = None if scl is None else scl.to(device, non_blocking=True)
+        return batch_detections(out, raw, scl, batch, info.pixel_size_m, scale, threshold,
+                                kernel)
+
+    # On a CPU each of torch's threads takes a chip of its own (one intra-op thread each): the
+    # model's many small operations then wait on no other thread, and one chip's decoding
+    # overlaps the next one's network (2.54 against 2.03 MP/s on two cores).
+    workers = torch.get_num_threads() if device.type == "cpu" and not reference else 1
     # closing: an error here stops the reader thread now, not when the traceback is freed.
-    with contextlib.closing(staged), torch.inference_mode():
-        for batch, raw, scl in staged:
-            if reference:
-                out = _run_batch(model, [c.array for c in batch], present, chip_size, tta)
-                for chip, o, peaks in zip(batch, out, decode_peaks(out, threshold, kernel),
-                                          strict=True):
-                    found.extend(chip_detections(o, peaks, chip, info, scale))
-            else:
-                out, raw = _infer(model, raw, present.to(device), chip_size, tta)
-                scl = None if scl is None else scl.to(device, non_blocking=True)
-                found.extend(batch_detections(out, raw, scl, batch, info.pixel_size_m, scale,
-                                              threshold, kernel))
+    with contextlib.closing(staged), _intra_op_threads(1 if workers > 1 else None):
+        for batch, detections in _in_order(work, staged, workers):
+            found.extend(detections)
             bar.update(len(batch))
     bar.close()
     # Cores partition the scene, so seam duplicates can only come from a peak that moved by a
@@ -658,6 +771,7 @@ def detect_scene(
     tta: bool = False,
     device: str = "cpu",
     loaded: tuple[nn.Module, WeightsEntry] | None = None,
+    precision: str | None = None,
 ) -> dict:
     """Detect vessels in a scene and write GeoJSON (and CSV). `port` is a Port, a port name or
     None; `threshold` and `min_length_m` default to the weights'; `tta` averages eight
@@ -665,7 +779,7 @@ def detect_scene(
     so that many scenes share one load. Returns the FeatureCollection (its `properties` are
     the summary)."""
     torch.set_num_threads(threads)
-    model, entry = loaded or load_model(weights, device)
+    model, entry = loaded or load_model(weights, device, precision)
     info = open_scene(scene_path, require_bands=None)
     missing = [b for b in entry.bands if b not in info.bands]
     if missing:
@@ -689,7 +803,8 @@ def detect_scene(
         for d in found:
             d.zone = port.zone_at(d.lon, d.lat)
     collection = feature_collection(info, found, entry, threshold, port,
-                                    options["min_length_m"], tta)
+                                    options["min_length_m"], tta,
+                                    getattr(model, "precision", "fp32"))
     if out_geojson is not None:
         _write_json(collection, out_geojson)
     if csv_path is not None:

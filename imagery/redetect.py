@@ -99,7 +99,7 @@ def keep_ids(old: dict[int, tuple[float, float]]):
 def redetect(ws: Workspace, ports: list[Port], weights: str | None = None,
              since: datetime | None = None, threshold: float | None = None,
              gates: Gates = DEFAULT_GATES, progress: bool = True,
-             device: str = "cpu") -> RedetectReport:
+             device: str = "cpu", precision: str | None = None) -> RedetectReport:
     """Reprocess every processed scene (since `since`) whose weights are not the ones in use."""
     from tqdm import tqdm
 
@@ -120,7 +120,7 @@ def redetect(ws: Workspace, ports: list[Port], weights: str | None = None,
                 old, old_alerts = _old(ws, scene["scene_id"])
                 try:
                     process_scene(ws, port, scene, weights, threshold, gates,
-                                  number=keep_ids(old), device=device)
+                                  number=keep_ids(old), device=device, precision=precision)
                 except Exception as exc:  # the stored results stay as they were
                     report.failed[scene["scene_id"]] = f"{type(exc).__name__}: {exc}"
                     continue

@@ -8,9 +8,11 @@ contract and raises `SceneError` naming the file and the problem; nothing here w
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -258,19 +260,21 @@ def read_reflectance(
     bands: tuple[str, ...] = SCENE_BANDS,
     window: Window | None = None,
     fill: float = 0.0,
+    src: rasterio.DatasetReader | None = None,
 ) -> np.ndarray:
     """Read bands as float32 reflectance (C, H, W). Bands the scene lacks come back as NaN;
-    a window reaching past the scene edge is padded with `fill`."""
+    a window reaching past the scene edge is padded with `fill`. `src`: the scene already
+    open (`open_pixels`), for many windows read through one handle in one thread."""
     win = window or Window(0, 0, info.width, info.height)
     out = np.full((len(bands), int(win.height), int(win.width)), fill, dtype=np.float32)
     present = [(i, info.bands.index(b) + 1) for i, b in enumerate(bands) if b in info.bands]
     inner, (r0, c0) = _inside(win, info)
     if present and inner is not None:
         try:
-            with rasterio.open(info.path) as src:
+            with _handle(info, src) as dataset:
                 # A plain window read of the part inside the scene, padded here: rasterio's
                 # boundless reads go through a VRT and cost ten times more per chip.
-                data = src.read([ix for _, ix in present], window=inner).astype(np.float32)
+                data = dataset.read([ix for _, ix in present], window=inner).astype(np.float32)
         except rasterio.errors.RasterioError as exc:
             raise SceneError(info.path, f"cannot read pixels ({_short(exc)})") from None
         h, w = data.shape[1:]
@@ -280,6 +284,38 @@ def read_reflectance(
         if b not in info.bands:
             out[i] = np.nan
     return out
+
+
+# Enough for the block rows that two rows of chips share across a 10980 px, 6-band tile
+# (256 px blocks: 28 MB a block row) several times over.
+READ_CACHE_BYTES = 128 * 2**20
+
+
+@contextlib.contextmanager
+def open_pixels(info: SceneInfo) -> Iterator[rasterio.DatasetReader]:
+    """The scene open for reading pixels, for one thread (a GDAL handle is not thread-safe).
+    Reading many windows through one handle lets GDAL's block cache serve the blocks that
+    neighbouring chips share: 512 px chips that overlap by 64 touch nine 256 px blocks each,
+    which a handle per chip decompressed again every time (half the reading time of a tile).
+    The cache is capped at READ_CACHE_BYTES: GDAL's default (5 % of the RAM) let a tile's
+    reading grow to 1.2 GB, and ran slower (9.4 s against 3.8 s for the 625 chips of a
+    10980 px tile)."""
+    with rasterio.Env(GDAL_CACHEMAX=READ_CACHE_BYTES):
+        try:
+            src = rasterio.open(info.path)
+        except rasterio.errors.RasterioError as exc:
+            raise SceneError(info.path, f"cannot read pixels ({_short(exc)})") from None
+        with src:
+            yield src
+
+
+@contextlib.contextmanager
+def _handle(info: SceneInfo, src: rasterio.DatasetReader | None):
+    if src is not None:
+        yield src
+    else:
+        with rasterio.open(info.path) as opened:
+            yield opened
 
 
 def _inside(win: Window, info: SceneInfo) -> tuple[Window | None, tuple[int, int]]:
@@ -294,9 +330,11 @@ def _inside(win: Window, info: SceneInfo) -> tuple[Window | None, tuple[int, int
     return inner, (r_start - row0, c_start - col0)
 
 
-def read_scl(info: SceneInfo, window: Window | None = None) -> np.ndarray | None:
+def read_scl(
+    info: SceneInfo, window: Window | None = None, src: rasterio.DatasetReader | None = None
+) -> np.ndarray | None:
     """The scene classification layer (uint8) or None when the scene has none. Outside the
-    scene reads as 0 (no data)."""
+    scene reads as 0 (no data). `src` as for `read_reflectance`."""
     if not info.has_scl:
         return None
     win = window or Window(0, 0, info.width, info.height)
@@ -304,8 +342,8 @@ def read_scl(info: SceneInfo, window: Window | None = None) -> np.ndarray | None
     inner, (r0, c0) = _inside(win, info)
     if inner is not None:
         try:
-            with rasterio.open(info.path) as src:
-                data = src.read(info.band_index(SCL_BAND), window=inner)
+            with _handle(info, src) as dataset:
+                data = dataset.read(info.band_index(SCL_BAND), window=inner)
         except rasterio.errors.RasterioError as exc:
             raise SceneError(info.path, f"cannot read pixels ({_short(exc)})") from None
         out[r0 : r0 + data.shape[0], c0 : c0 + data.shape[1]] = data

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.windows import Window
 from rasterio.windows import bounds as window_bounds
 from rasterio.windows import transform as window_transform
 
-from imagery.scene import SCENE_BANDS, SceneInfo, read_reflectance, read_scl
+from imagery.scene import SCENE_BANDS, SceneInfo, open_pixels, read_reflectance, read_scl
 
 
 @dataclass
@@ -78,24 +79,28 @@ def iter_chips(
     bands: tuple[str, ...] = SCENE_BANDS,
     with_scl: bool = False,
 ) -> Iterator[Chip]:
-    """Yield chips one at a time; pixels past the scene edge are NaN in every band."""
-    for window, core in chip_windows(info.width, info.height, size, overlap):
-        yield read_chip(info, window, core, bands, with_scl)
+    """Yield chips one at a time; pixels past the scene edge are NaN in every band. The
+    scene stays open between chips (`open_pixels`): keep one iterator to one thread."""
+    with open_pixels(info) as src:
+        for window, core in chip_windows(info.width, info.height, size, overlap):
+            yield read_chip(info, window, core, bands, with_scl, src)
 
 
 def read_chip(
     info: SceneInfo, window: Window, core: Window, bands: tuple[str, ...] = SCENE_BANDS,
     with_scl: bool = False,
+    src: rasterio.DatasetReader | None = None,
 ) -> Chip:
-    """One chip of `chip_windows`, read; each read opens the file, so threads may share it."""
+    """One chip of `chip_windows`, read. Without `src` each read opens the file, so threads
+    may share `info`; with it (`open_pixels`) the handle is the calling thread's own."""
     return Chip(
-        array=read_reflectance(info, bands, window, fill=np.nan),
+        array=read_reflectance(info, bands, window, fill=np.nan, src=src),
         window=window,
         core=core,
         transform=window_transform(window, info.transform),
         crs=info.crs,
         bounds=window_bounds(window, info.transform),
-        scl=read_scl(info, window) if with_scl else None,
+        scl=read_scl(info, window, src) if with_scl else None,
     )
 
 

@@ -275,7 +275,8 @@ def test_the_model_is_loaded_once_for_many_scenes(tiny_weights, tmp_path, monkey
                          weights=str(tiny_weights), threshold=0.1, progress=False)
     assert len(report.processed) >= 2 and report.failed == {}
     assert len(loads) == 1
-    assert list(bf._MODELS) == [(detector.get_weights(tiny_weights).sha256, "cpu")]
+    assert list(bf._MODELS) == [(detector.get_weights(tiny_weights).sha256, "cpu",
+                                 detector.resolve_precision(None, "cpu"))]
 
 
 def test_a_local_folder_with_an_unreadable_file_gives_what_run_gives(tiny_weights, tmp_path):

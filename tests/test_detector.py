@@ -335,7 +335,7 @@ def test_loader_reads_negative_and_point_labels(tmp_path):
 def test_save_weights_roundtrip(tmp_path):
     model = BerthNet((8, 8, 16, 16))
     entry = save_weights(model, tmp_path / "w", {"threshold": 0.4})
-    loaded, again = load_model(tmp_path / "w.pt")
+    loaded, again = load_model(tmp_path / "w.pt", precision="fp32")
     assert again.sha256 == entry.sha256 and again.threshold == 0.4
     # load_model folds BatchNorm into the convolutions: same outputs, not the same tensors.
     x, present = torch.rand(2, 5, 32, 32) * 0.3, torch.ones(2, 5, dtype=torch.bool)
@@ -466,3 +466,19 @@ def test_a_missing_weights_file_is_named(tmp_path):
     path.unlink()  # the metadata stays, naming a file that is gone
     with pytest.raises(DetectorError, match=r"weights/w\.pt: weights file not found"):
         load_model(tmp_path / "weights" / "w.json")
+
+
+def test_a_heading_that_rounds_to_180_is_written_as_0(tmp_path):
+    """Axial headings lie in [0, 180); one just under 180 rounds to 180.0, the same axis as
+    0.0, which is what the GeoJSON must say (bf16 regressions land there more often)."""
+    from imagery.detection_output import feature_collection
+    from imagery.postprocess import Detection
+
+    scene = write_scene(tmp_path / "s.tif", np.full((5, 16, 16), 500, np.uint16),
+                        ("B02", "B03", "B04", "B08", "B11"), "EPSG:32652",
+                        Affine(10, 0, 500000, 0, -10, 4500000), scene_id="s", port=None,
+                        source="test", acquisition_time=datetime(2024, 3, 1, tzinfo=UTC))
+    entry = detector.get_weights()
+    found = [Detection(4.0, 4.0, 0.9, 80.0, 12.0, heading) for heading in (179.97, 90.04)]
+    doc = feature_collection(open_scene(scene), found, entry, 0.25)
+    assert [f["properties"]["heading_deg"] for f in doc["features"]] == [0.0, 90.0]

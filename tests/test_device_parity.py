@@ -26,7 +26,14 @@ from scipy import ndimage
 
 from imagery import postprocess as pp
 from imagery.cli import main
-from imagery.detector import decode_options, detect, load_model
+from imagery.detector import (
+    DetectorError,
+    decode_options,
+    detect,
+    load_model,
+    native_bf16,
+    resolve_precision,
+)
 from imagery.pipeline import open_workspace
 from imagery.ports import get_port
 from imagery.scene import SCL_WATER, open_scene
@@ -274,7 +281,8 @@ def test_evaluate_loads_the_model_on_the_device_asked(simulated_labelled, tiny_w
     seen = []
     real = training.evaluate.load_model
     monkeypatch.setattr(training.evaluate, "load_model",
-                        lambda path, device="cpu": seen.append(device) or real(path, device))
+                        lambda path, device="cpu", precision=None: seen.append(device)
+                        or real(path, device, precision))
     assert main(["evaluate", "--data", str(simulated_labelled), "--weights", str(tiny_weights),
                  "--device", "cpu", "--threads", "1"]) == 0
     assert seen and set(seen) == {"cpu"}
@@ -319,3 +327,115 @@ def test_parallel_readers_report_a_corrupt_block_as_one_reader_does(shipped, tmp
             detect(info, model, 0.5, chip_size=128, batch_size=2, readers=readers)
         messages.append(str(caught.value))
     assert messages[0] == messages[1]
+
+
+# --- precision: bf16 where the CPU computes it natively ---------------------------------------
+
+needs_bf16 = pytest.mark.skipif(
+    not native_bf16("cpu"), reason="this CPU does not compute bfloat16 natively (no "
+    "AVX512-BF16 or AMX), so berthwatch never runs the model in bf16 here")
+
+
+@needs_bf16
+@pytest.mark.parametrize("port, seed, cloud", [("vostochny", 7, 0.0), ("chongjin", 3, 0.3)])
+def test_bf16_finds_the_vessels_fp32_finds(tmp_path, port, seed, cloud):
+    """At the operating threshold bf16 finds the same vessels as fp32, at the same pixels.
+    Its 8-bit mantissa moves scores by up to 0.005 on these scenes (measured), so a vessel
+    scored within 0.01 of the threshold may be on one side in one and on the other in the
+    other; sizes and headings come from bf16 regressions, hence the looser tolerances."""
+    fp32, entry = load_model(precision="fp32")
+    bf16, _ = load_model(precision="bf16")
+    assert fp32.precision == "fp32" and bf16.precision == "bf16"
+    assert next(bf16.parameters()).dtype == torch.bfloat16
+    simulate_scene_file(get_port(port), "2024-03-19", tmp_path / "s.tif", seed=seed,
+                        cloud_fraction=cloud)
+    info = open_scene(tmp_path / "s.tif")
+    threshold, options = entry.threshold, decode_options(entry)
+    runs = [detect(info, model, threshold, **options) for model in (fp32, bf16)]
+    assert len(runs[0]) >= 5, "the scene should hold detections to compare"
+    for mine, other in (runs, runs[::-1]):
+        for d in mine:
+            if d.score < threshold + 0.01:
+                continue
+            twin = min(other, key=lambda e: math.hypot(e.px_x - d.px_x, e.px_y - d.px_y))
+            assert math.hypot(twin.px_x - d.px_x, twin.px_y - d.px_y) <= 0.5, (d, twin)
+            assert abs(twin.score - d.score) <= 0.01, (d, twin)
+            assert twin.length_m == pytest.approx(d.length_m, rel=0.05), (d, twin)
+            turn = abs(twin.heading_deg - d.heading_deg) % 180.0
+            assert min(turn, 180.0 - turn) <= 3.0, (d, twin)
+            assert twin.berthed == d.berthed, (d, twin)
+
+
+def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it(monkeypatch):
+    import imagery.detector as detector
+
+    monkeypatch.delenv("BERTHWATCH_PRECISION", raising=False)
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(detector, "native_bf16", lambda device, n=native: n)
+        assert resolve_precision(None, "cpu") == expected
+        assert resolve_precision("auto", "cpu") == expected
+        assert resolve_precision("auto", "cuda") == "fp32"  # not the GPU's bottleneck
+        assert resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(DetectorError, match="does not compute bfloat16 natively.*use fp32"):
+        resolve_precision("bf16", "cpu")  # emulated bf16 would be slower than fp32
+
+
+def test_the_environment_sets_the_default_precision(monkeypatch):
+    monkeypatch.setenv("BERTHWATCH_PRECISION", "fp32")
+    assert resolve_precision(None, "cpu") == "fp32"
+    assert resolve_precision("auto", "cpu") == resolve_precision("auto", "cpu")  # flag wins
+    monkeypatch.setenv("BERTHWATCH_PRECISION", "half")
+    with pytest.raises(DetectorError, match=r"'half' \(from \$BERTHWATCH_PRECISION\)"):
+        resolve_precision(None, "cpu")
+
+
+def test_detections_record_their_precision(tiny_weights, tmp_path):
+    from imagery.detector import detect_scene
+
+    simulate_scene_file(get_port("chongjin"), "2024-03-19", tmp_path / "s.tif", seed=2)
+    doc = detect_scene(tmp_path / "s.tif", tmp_path / "d.geojson", weights=tiny_weights,
+                       precision="fp32", progress=False)
+    assert doc["properties"]["precision"] == "fp32"
+
+
+@pytest.mark.parametrize("command", [
+    ["detect", "SCENE", "--out", "OUT"],
+    ["run", "--source", "simulated", "--port", "chongjin"],
+    ["evaluate", "--data", "DATA", "--json", "OUT"],
+])
+def test_a_misspelt_precision_is_one_line_and_writes_nothing(command, tmp_path, capsys):
+    simulate_scene_file(get_port("chongjin"), "2024-03-19", tmp_path / "s.tif", seed=2)
+    out, ws = tmp_path / "out.json", tmp_path / "ws"
+    names = {"SCENE": str(tmp_path / "s.tif"), "OUT": str(out), "DATA": str(tmp_path)}
+    code = main([names.get(a, a) for a in command] + ["--precision", "fp16",
+                                                     "--workspace", str(ws)]
+                if command[0] == "run" else
+                [names.get(a, a) for a in command] + ["--precision", "fp16"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and "'fp16'" in err and "Traceback" not in err
+    assert not out.exists() and not ws.exists()
+
+
+def test_two_worker_threads_detect_what_one_thread_does(shipped, tmp_path):
+    """On a CPU each of torch's threads takes a chip (one intra-op thread each): the same
+    detections, to the bit and in the same order, as one thread doing every chip."""
+    model, entry = shipped
+    simulate_scene_file(get_port("chongjin"), "2024-03-19", tmp_path / "s.tif", seed=3)
+    info = open_scene(tmp_path / "s.tif")
+    runs = []
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        runs.append(detect(info, model, 0.1, **decode_options(entry)))
+        assert torch.get_num_threads() == threads  # restored after the workers
+    assert len(runs[0]) > 5 and runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_window_max_equals_max_pool(kernel):
+    rng = np.random.default_rng(kernel)
+    x = torch.from_numpy(rng.integers(0, 4, (3, 1, 37, 29)).astype(np.float32))  # many ties
+    x[0, 0, 0, :] = 9.0  # maxima on the edges
+    x[1, 0, :, -1] = 9.0
+    want = torch.nn.functional.max_pool2d(x, kernel, 1, kernel // 2)
+    assert torch.equal(pp.window_max(x, kernel), want)

@@ -24,6 +24,7 @@ from scipy.optimize import linear_sum_assignment
 from shapely.geometry import shape
 
 from imagery.detector import (
+    PRECISION_HELP,
     BerthNet,
     Detection,
     WeightsEntry,
@@ -33,6 +34,7 @@ from imagery.detector import (
     get_weights,
     load_model,
     resolve_device,
+    resolve_precision,
 )
 from imagery.scene import open_scene
 from training.chips import find_scene_dirs
@@ -193,6 +195,7 @@ def predict_all(
     min_length_m: float | None = None,
     tta: bool = False,
     device: str = "cpu",
+    precision: str | None = None,
 ) -> tuple[list[PortPrediction], WeightsEntry, list[str]]:
     """Detections for every labelled folder at `min_threshold` (to sweep thresholds later);
     `box_fraction` and `min_length_m` override the weights' hull suppression and length
@@ -209,7 +212,7 @@ def predict_all(
         if owner is None:
             skipped.append(folder.name)
             continue
-        model, _ = load_model(owner.path, device)
+        model, _ = load_model(owner.path, device, precision)
         found, pixel_m = predict_folder(folder, model, owner, min_threshold, box_fraction,
                                         min_length_m, tta)
         preds.append(PortPrediction(folder.name, _ship_outlines(folder), found, owner.name,
@@ -251,6 +254,7 @@ def evaluate(
     tta: bool = False,
     gallery: str | os.PathLike | None = None,
     device: str = "cpu",
+    precision: str | None = None,
 ) -> dict:
     """Per-port and pooled precision/recall/F1 and count error at the operating threshold
     (the weights' own unless given), plus the pooled F1 over a threshold sweep.
@@ -258,8 +262,10 @@ def evaluate(
     orientations of each chip; `gallery` names a folder for one picture per port of its
     false positives and missed vessels (training/gallery.py)."""
     torch.set_num_threads(threads)
+    precision = resolve_precision(precision, device)
     preds, entry, skipped = predict_all(data_dirs, weights, leave_ports_out, progress=progress,
-                                        min_length_m=min_length_m, tta=tta, device=device)
+                                        min_length_m=min_length_m, tta=tta, device=device,
+                                        precision=precision)
     op = entry.threshold if threshold is None else threshold
     result = score_predictions(preds, op)
     result.update(
@@ -269,6 +275,7 @@ def evaluate(
         min_length_m=entry.min_length_m if min_length_m is None else min_length_m,
         leave_ports_out=leave_ports_out,
         tta=tta,
+        precision=precision,
         tolerance_m=TOLERANCE_M,
         skipped_ports=skipped,
         sweep={str(t): score_predictions(preds, t)["pooled"]["f1"] for t in SWEEP},
@@ -298,6 +305,8 @@ def format_table(result: dict) -> str:
     mode = "leave-ports-out" if result.get("leave_ports_out") else "direct"
     if result.get("tta"):
         mode += ", 8 orientations averaged"
+    if result.get("precision"):
+        mode += f", {result['precision']}"
     lines.append(f"weights {result['weights']} ({mode}), threshold {result['threshold']}, "
                  f"minimum length {result.get('min_length_m') or 0:g} m, "
                  f"match tolerance {result['tolerance_m']:g} m")
@@ -332,14 +341,16 @@ def add_arguments(ap) -> None:
     ap.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     ap.add_argument("--device", default="auto",
                     help="auto, cpu, cuda or cuda:N (default auto: cuda when torch sees a GPU)")
+    ap.add_argument("--precision", metavar="auto|fp32|bf16", help=PRECISION_HELP)
 
 
 def run(args) -> dict:
     """Carry out `berthwatch evaluate`: the table on stdout, JSON on request."""
     device = resolve_device(args.device)  # a device torch cannot use: before any work
+    precision = resolve_precision(args.precision, device)
     result = evaluate(args.data, args.weights, args.leave_ports_out, args.threshold,
                       threads=args.threads, min_length_m=args.min_length_m, tta=args.tta,
-                      gallery=args.gallery, device=device)
+                      gallery=args.gallery, device=device, precision=precision)
     print(format_table(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")

@@ -193,7 +193,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
-    from imagery.detector import DetectorError, load_model, resolve_device
+    from imagery.detector import DetectorError, load_model, resolve_device, resolve_precision
 
     many = len(args.scene) > 1 or args.out_dir
     if many and (args.out or args.csv):
@@ -203,8 +203,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         raise UserError("give --out FILE.geojson (or --out-dir DIR)")
     port = get_port(args.port, args.ports) if args.port else None
     try:
-        # One load for every scene: the model, its sha256 check and its device.
-        loaded = load_model(_weights(args), resolve_device(args.device))
+        # One load for every scene: the model, its sha256 check, device and precision.
+        device = resolve_device(args.device)
+        loaded = load_model(_weights(args), device, resolve_precision(args.precision, device))
     except DetectorError as exc:
         raise UserError(str(exc)) from None
     if not many:
@@ -292,12 +293,12 @@ def _run_once(args: argparse.Namespace) -> int:
     end = args.until or datetime.now(UTC)
     start = args.since or end - timedelta(days=14)
     _check_order(start, end, "--since", "--until" if args.until else "now")
-    device = _device(args)  # before the workspace is touched
+    device, precision = _device(args)  # before the workspace is touched
     ws = _writing_workspace(args, args.command, full_schema=True)
     try:
         report = run_pass(ws, ports, source, start, end, max_cloud=args.max_cloud,
                           weights=args.weights, threshold=args.threshold, tta=args.tta,
-                          device=device)
+                          device=device, precision=precision)
     except DetectorError as exc:  # e.g. a promoted model whose file was altered
         raise UserError(str(exc)) from None
     _print_report(report)
@@ -335,11 +336,11 @@ def _redetect(args: argparse.Namespace) -> int:
     from imagery.redetect import redetect
 
     ports = [_port(args)] if args.port else list(_ports(args).values())
-    device = _device(args)
+    device, precision = _device(args)
     ws = _writing_workspace(args, args.command, full_schema=True)
     try:
         report = redetect(ws, ports, args.weights, args.since,
-                          args.threshold, device=device)
+                          args.threshold, device=device, precision=precision)
     except (RunLocked, DetectorError) as exc:
         raise UserError(str(exc)) from None
     print(f"redetected {len(report.scenes)} scene(s) with weights "
@@ -368,7 +369,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     source = _source(args)
     # Without a cluster, refused here when this machine cannot use it; on a cluster, `auto`
     # and `cuda` are resolved by each worker for itself.
-    device = _device(args, here=not args.cluster)
+    device, precision = _device(args, here=not args.cluster)
     try:
         if args.weights:
             weights_blob(args.weights)  # bad weights are refused before any cluster starts
@@ -376,7 +377,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
             ws = _writing_workspace(args, "backfill", full_schema=True)
             report = backfill(ws, ports, source, args.start, args.end, client=client,
                               max_cloud=args.max_cloud, weights=args.weights,
-                              threshold=args.threshold, tta=args.tta, device=device)
+                              threshold=args.threshold, tta=args.tta, device=device,
+                              precision=precision)
     except (BackfillError, DetectorError, RunLocked) as exc:
         raise UserError(str(exc)) from None
     _print_report(report)
@@ -391,13 +393,23 @@ def _maybe_cluster(address: str | None):
     return cluster_client(address) if address else nullcontext()
 
 
-def _device(args: argparse.Namespace, here: bool = True) -> str:
-    """--device checked (imagery.detector.resolve_device): one line when torch cannot use it.
-    Not `here` (a cluster's workers resolve it): only its spelling is checked."""
-    from imagery.detector import DetectorError, check_device_name, resolve_device
+def _device(args: argparse.Namespace, here: bool = True) -> tuple[str, str | None]:
+    """--device and --precision checked (imagery.detector.resolve_device and
+    resolve_precision): one line when torch cannot use them. Not `here` (a cluster's workers
+    resolve them): only their spelling is checked, and the precision stays as given."""
+    from imagery.detector import (
+        DetectorError,
+        check_device_name,
+        check_precision_name,
+        resolve_device,
+        resolve_precision,
+    )
 
     try:
-        return resolve_device(args.device) if here else check_device_name(args.device)
+        if not here:
+            return check_device_name(args.device), check_precision_name(args.precision)
+        device = resolve_device(args.device)
+        return device, resolve_precision(args.precision, device)
     except DetectorError as exc:
         raise UserError(str(exc)) from None
 
@@ -620,6 +632,10 @@ def _add_source_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for --source simulated")
 
 
+PRECISION_HELP = ("the model's arithmetic (default $BERTHWATCH_PRECISION, else auto: bf16 on "
+                  "a CPU that computes it natively, where it is twice as fast; else fp32)")
+
+
 def _add_model_options(p: argparse.ArgumentParser, device_note: str = "") -> None:
     """The detector of a pass: run, watch and backfill."""
     p.add_argument("--weights", help="weights name or .pt file (default: the workspace's model)")
@@ -629,6 +645,7 @@ def _add_model_options(p: argparse.ArgumentParser, device_note: str = "") -> Non
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda or cuda:N (default auto: cuda when torch sees a GPU, "
                         f"else cpu{device_note})")
+    p.add_argument("--precision", metavar="auto|fp32|bf16", help=PRECISION_HELP)
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -673,6 +690,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto",
                    help="auto, cpu, cuda or cuda:N (default auto: cuda when torch sees a GPU, "
                         "else cpu)")
+    p.add_argument("--precision", metavar="auto|fp32|bf16", help=PRECISION_HELP)
     p.add_argument("--threshold", type=float, help="score threshold (default: the model's)")
     p.add_argument("--min-length-m", type=float, metavar="M",
                    help="drop vessels estimated shorter than M metres (default: the model's; "
