@@ -437,6 +437,23 @@ def test_csv_overlong_line_skipped_unread(ws: Workspace, tmp_path: Path):
     assert query(ws, "SELECT mmsi FROM ais_positions") == [(366000402,)]
 
 
+@pytest.mark.parametrize("gzipped", [False, True])
+def test_nmea_overlong_line_skipped_unread(ws: Workspace, tmp_path: Path, gzipped: bool):
+    """A line with no break for megabytes (a binary file, a lost line break) is counted and
+    skipped; the sentences around it are imported, and the file is still seen as NMEA."""
+    good = [tagged(vdm(position(211300000 + i, 10.0 + i / 1000, 54.0))[0], c=1709294400 + i)
+            for i in range(3)]
+    garbage = b"\xff\x00garbage" * (ais.MAX_NMEA_LINE * 30)  # no line break in it
+    data = (good[0] + "\n").encode() + garbage + b"\n" + "\n".join(good[1:]).encode() + b"\n"
+    path = tmp_path / ("long.nm4.gz" if gzipped else "long.nm4")
+    path.write_bytes(gzip.compress(data) if gzipped else data)
+    report = ais.import_file(ws, path)
+    assert report.format == "nmea"
+    assert report.rejected == {"overlong_line": 1}
+    assert query(ws, "SELECT mmsi FROM ais_positions ORDER BY mmsi") == [
+        (211300000,), (211300001,), (211300002,)]
+
+
 # The same bad value given to each path: (NMEA message fields, CSV row cells, reason).
 SAME_RULES = [
     ({"mmsi": 0}, {"mmsi": "000000000"}, "bad_mmsi"),

@@ -49,6 +49,7 @@ Modules: `records` (tables, records, shared helpers), `rules` (validity of value
 from __future__ import annotations
 
 from imagery.ais.csv_rows import CSV_ALIASES, CSV_FIELDS, CSV_REQUIRED, MAX_CSV_LINE, parse_columns
+from imagery.ais.nmea import MAX_NMEA_LINE
 from imagery.ais.queries import positions_near, vessel_info, watchlist_match
 from imagery.ais.records import (
     POSITION_TYPES,
@@ -75,7 +76,8 @@ from imagery.ais.store import describe_import, detect_format, import_file
 from imagery.ais.watchlist import describe_watchlist, import_watchlist
 
 __all__ = [
-    "CSV_ALIASES", "CSV_FIELDS", "CSV_REQUIRED", "MAX_CSV_LINE", "POSITION_TYPES", "RULES",
+    "CSV_ALIASES", "CSV_FIELDS", "CSV_REQUIRED", "MAX_CSV_LINE", "MAX_NMEA_LINE",
+    "POSITION_TYPES", "RULES",
     "SCHEMA", "STATIC_TYPES", "AisError", "AisPosition", "ImportReport", "Position", "Rule",
     "Static", "Tally", "VesselInfo", "WatchlistEntry", "WatchlistReport", "check_values",
     "checked_position", "checked_static", "describe_import", "describe_watchlist",

@@ -9,7 +9,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from imagery.ais.records import AisError, Position, Static, Tally, _imo, _plausible, parse_time_text
+from imagery.ais.records import (
+    AisError,
+    Position,
+    Static,
+    Tally,
+    _imo,
+    _plausible,
+    capped_lines,
+    parse_time_text,
+)
 from imagery.ais.rules import checked_position, checked_static
 
 # A CSV row of AIS is a few hundred characters; a longer line is garbage, skipped unread.
@@ -78,13 +87,7 @@ def _map_columns(header: list[str], explicit: dict[str, str], path: Path) -> dic
 def _csv_lines(handle: IO[str], tally: Tally) -> Iterator[str]:
     """Physical lines; one longer than MAX_CSV_LINE characters is counted `overlong_line` and
     skipped without ever being held whole."""
-    while line := handle.readline(MAX_CSV_LINE):
-        if len(line) < MAX_CSV_LINE or line.endswith(("\n", "\r")):
-            yield line
-            continue
-        while line and not line.endswith(("\n", "\r")):
-            line = handle.readline(MAX_CSV_LINE)
-        tally.rejected["overlong_line"] += 1
+    return capped_lines(handle, MAX_CSV_LINE, tally)
 
 
 def _split(line: str, delimiter: str) -> list[str] | None:

@@ -23,6 +23,7 @@ from imagery.ais.records import (
     _open_binary,
     _plausible,
     _until_damage,
+    capped_lines,
     parse_time_text,
 )
 from imagery.ais.rules import check_values, checked_position, checked_static
@@ -31,6 +32,10 @@ from imagery.ais.rules import check_values, checked_position, checked_static
 # many lines later is lost, and waiting longer risks joining parts of two different messages
 # (sequence ids repeat every ten multi-part messages).
 MAX_FRAGMENT_GAP = 100
+# An NMEA sentence is at most 82 characters; with a tag block and a logger's timestamp column a
+# line stays within a few hundred. A longer one is garbage (a binary file, a lost line break),
+# skipped unread.
+MAX_NMEA_LINE = 4096
 
 # Optional timestamp column, optional tag block, then one sentence up to its checksum.
 _SENTENCE = re.compile(rb"(\\[^\\]*\\)?([!$][A-Z]{4,5},[^*\s]*\*[0-9A-Fa-f]{2})")
@@ -63,7 +68,8 @@ class _Clock:
         count = 0
         if window and window[1] > window[0]:
             with _open_binary(path) as handle:
-                count = sum(1 for line in _until_damage(handle, path, Tally())
+                count = sum(1 for line in _until_damage(nmea_lines(handle, Tally()), path,
+                                                        Tally())
                             if _MESSAGE_START.search(line))
         return cls(window, count)
 
@@ -76,6 +82,11 @@ class _Clock:
         if self.count <= 1:
             return first
         return first + math.floor((last - first) * self.index / (self.count - 1))
+
+
+def nmea_lines(handle, tally: Tally) -> Iterator[bytes]:
+    """The lines of an NMEA file (binary), overlong ones counted and skipped (capped_lines)."""
+    return capped_lines(handle, MAX_NMEA_LINE, tally)
 
 
 def _column_time(text: bytes) -> int | None:

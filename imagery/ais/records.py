@@ -313,7 +313,23 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
     return row.fetchone() is not None
 
 
-# --- reading files: gzip damage ----------------------------------------------------------------
+# --- reading files: overlong lines and gzip damage -------------------------------------------
+
+
+def capped_lines(handle: IO[T], limit: int, tally: Tally) -> Iterator[T]:
+    """The physical lines of a text or binary file; one longer than `limit` characters (or
+    bytes) is counted `overlong_line` and skipped without ever being held whole, so that a
+    file with no line breaks cannot fill the memory."""
+    ends = None
+    while line := handle.readline(limit):
+        ends = ends or (("\n", "\r") if isinstance(line, str) else (b"\n", b"\r"))
+        if len(line) < limit or line.endswith(ends):
+            yield line
+            continue
+        while line and not line.endswith(ends):
+            line = handle.readline(limit)
+        tally.rejected["overlong_line"] += 1
+
 
 
 def _until_damage(lines: Iterable[T], path: Path, tally: Tally) -> Iterator[T]:

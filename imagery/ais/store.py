@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from imagery.ais.csv_rows import _csv_lines, _csv_records, parse_columns
-from imagery.ais.nmea import _SENTENCE, _Clock, _nmea_records
+from imagery.ais.nmea import _SENTENCE, _Clock, _nmea_records, nmea_lines
 from imagery.ais.queries import _watchlisted
 from imagery.ais.records import (
     AisError,
@@ -38,7 +38,7 @@ def detect_format(path: Path) -> str:
     header with several columns."""
     tally = Tally()
     with _open_binary(path) as handle:
-        head = itertools.islice(_until_damage(handle, path, tally), 200)
+        head = itertools.islice(_until_damage(nmea_lines(handle, tally), path, tally), 200)
         lines = [line for line in head if line.strip()]
     if not lines and tally.rejected["truncated_gzip"]:
         raise AisError(f"{path}: truncated gzip (the stream ends before its first complete "
@@ -203,7 +203,7 @@ def _run_import(conn: sqlite3.Connection, path: Path, report: ImportReport,
     store, tally = _Store(conn, import_id), Tally()
     with _open_binary(path) as handle:
         if report.format == "nmea":
-            lines = _until_damage(handle, path, tally)
+            lines = _until_damage(nmea_lines(handle, tally), path, tally)
             records = _nmea_records(lines, tally, _Clock.for_file(path, window))
         else:
             text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="replace", newline="")
