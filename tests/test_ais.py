@@ -139,11 +139,15 @@ def test_pghp_sample(ws: Workspace):
 def test_marinecadastre_sample(ws: Workspace):
     report = ais.import_file(ws, real("marinecadastre_sample.csv"))
     assert report.format == "csv"
-    assert (report.messages, report.accepted, report.vessels) == (1000, 998, 998)
-    assert report.rejected == {"bad_mmsi": 2}  # MMSIs of 7 and 8 digits
+    assert (report.messages, report.accepted, report.vessels) == (1000, 1000, 1000)
+    assert report.rejected == {}
+    # MMSIs of 7 and 8 digits are in range, as NMEA's would be: a vessel AIS accounts for.
+    assert query(ws, "SELECT name FROM ais_vessels WHERE mmsi = 36926403") == [("PCU MARINETTE",)]
+    assert query(ws, "SELECT COUNT(*) FROM ais_positions WHERE mmsi = 3669882") == [(1,)]
     tankers = "SELECT COUNT(*) FROM ais_vessels WHERE ship_type BETWEEN 80 AND 89"
     assert query(ws, tankers) == [(47,)]
-    assert query(ws, "SELECT COUNT(*) FROM ais_positions WHERE heading_deg IS NULL") == [(425,)]
+    # 426: 3669882's heading is 511 (unknown) too.
+    assert query(ws, "SELECT COUNT(*) FROM ais_positions WHERE heading_deg IS NULL") == [(426,)]
     conn = ws.connect()
     info = ais.vessel_info(conn, 636021061)
     conn.close()
@@ -323,7 +327,7 @@ def test_csv_broken_rows_counted_and_names_stored_verbatim(ws: Workspace, tmp_pa
         mc_row(366000003, "2024-03-01T12:00:00", "abc", 10.5),
         mc_row(366000004, "2024-03-01T12:00:00", 95.0, 10.5),
         mc_row(366000005, "2024-03-01T12:00:00", 91.0, 181.0),
-        mc_row(36600000, "2024-03-01T12:00:00", 54.3, 10.5),
+        mc_row("36600000X", "2024-03-01T12:00:00", 54.3, 10.5),
         mc_row(366000007, "yesterday", 54.3, 10.5),
         mc_row(366000008, "2024-03-01T12:00:00", 54.3, 10.5)[:-1],  # a column short
         mc_row(366000009, "2024-03-01T12:00:00", 54.3, 10.5, "fast"),
@@ -458,6 +462,9 @@ def test_nmea_overlong_line_skipped_unread(ws: Workspace, tmp_path: Path, gzippe
 SAME_RULES = [
     ({"mmsi": 0}, {"mmsi": "000000000"}, "bad_mmsi"),
     ({"mmsi": 1_000_000_000}, {"mmsi": "1000000000"}, "bad_mmsi"),
+    # An MMSI of 8 digits (a leading zero dropped, or a transponder set up short).
+    ({"mmsi": 36926403}, {"mmsi": "36926404", "sog": 0.3, "cog": 90, "heading": 88,
+                          "status": 5}, None),
     ({"heading": 400}, {"heading": 400}, "bad_heading"),
     ({"course": 400.0}, {"cog": 400}, "bad_cog"),
     ({"to_port": 40, "to_starboard": 30, "to_bow": 10}, {"width": 70, "length": 10}, None),

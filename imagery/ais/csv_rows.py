@@ -161,8 +161,11 @@ def _number(text: str | None) -> float | None:
 
 
 def _csv_position(cell: dict[str, str]) -> tuple[str | None, Position | None]:
-    # Written with all 9 digits; an export that drops leading zeros loses those rows.
-    if not re.fullmatch(r"\d{9}", cell["mmsi"]):
+    # Digits only, then the range check NMEA's MMSIs pass (1-999999999): an export that
+    # writes the MMSI as a number drops leading zeros, and a transponder set up with a short
+    # MMSI (MarineCadastre's sample holds 36926403, "PCU MARINETTE") is still a vessel that
+    # AIS accounts for; refusing its rows would raise false alerts where it berths.
+    if not re.fullmatch(r"\d{1,9}", cell["mmsi"]):
         return "bad_mmsi", None
     t = parse_time_text(cell["time"])
     if t is None:
