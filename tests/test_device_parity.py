@@ -417,18 +417,23 @@ def test_a_misspelt_precision_is_one_line_and_writes_nothing(command, tmp_path, 
     assert not out.exists() and not ws.exists()
 
 
-def test_two_worker_threads_detect_what_one_thread_does(shipped, tmp_path):
-    """On a CPU each of torch's threads takes a chip (one intra-op thread each): the same
-    detections, to the bit and in the same order, as one thread doing every chip."""
+def test_two_worker_threads_detect_what_one_thread_does(shipped, tmp_path, monkeypatch):
+    """On a CPU each of torch's threads takes a chip (one intra-op thread each; beyond
+    CPU_WORKERS, several each): the same detections, to the bit and in the same order, as
+    one thread doing every chip."""
+    import imagery.detector as detector
+
     model, entry = shipped
     simulate_scene_file(get_port("chongjin"), "2024-03-19", tmp_path / "s.tif", seed=3)
     info = open_scene(tmp_path / "s.tif")
     runs = []
-    for threads in (1, 2):
+    for threads, most in ((1, 8), (2, 8), (4, 2)):  # (4, 2): two chips of two threads each
+        monkeypatch.setattr(detector, "CPU_WORKERS", most)
         torch.set_num_threads(threads)
         runs.append(detect(info, model, 0.1, **decode_options(entry)))
         assert torch.get_num_threads() == threads  # restored after the workers
-    assert len(runs[0]) > 5 and runs[0] == runs[1]
+    torch.set_num_threads(2)
+    assert len(runs[0]) > 5 and runs[0] == runs[1] == runs[2]
 
 
 @pytest.mark.parametrize("kernel", [3, 5])
