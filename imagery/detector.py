@@ -494,8 +494,7 @@ def _forward(model: BerthNet, x: torch.Tensor, present: torch.Tensor, tta: bool)
                 continue  # the plain view, already in
             view = torch.rot90(x, turns, (2, 3))
             view = torch.flip(view, (3,)) if flip else view
-            seen = model(view.contiguous(), present)[:, 0:2]
-            seen = seen.float()
+            seen = model(view.contiguous(), present)[:, 0:2].float()
             seen = torch.flip(seen, (3,)) if flip else seen
             probs += torch.sigmoid(torch.rot90(seen, -turns, (2, 3)))
     out[:, 0:2] = torch.logit((probs / 8).clamp(1e-6, 1 - 1e-6))
@@ -513,12 +512,13 @@ def _run_batch(
     device = model_device(model)
     x = x.to(device).contiguous()
     out = _forward(model, x, present.expand(x.shape[0], -1).to(device), tta)
-    return out.float().cpu().contiguous()
+    return out.cpu().contiguous()  # _forward's output is float32 in every precision
 
 
 GPU_BATCH = 8  # chips per batch on a GPU: several chips in flight keep it busy
-# At most this many chips at once on a CPU (each holds ~130 MB of activations: the peak RSS
-# of a 2-core detect grew from 0.77 to 1.03 GB with two); more threads go to each chip.
+# At most this many chips at once on a CPU, so that memory does not grow with the cores (a
+# 2-core detect peaked at 0.77 GB one chip at a time in fp32, 1.03 GB with two chips in bf16
+# and the 128 MB read cache); more threads go to each chip.
 CPU_WORKERS = 8
 GPU_READERS = 4  # threads reading chips for a GPU (at most the machine's CPUs)
 

@@ -381,9 +381,12 @@ def test_auto_precision_is_bf16_only_on_a_cpu_that_computes_it(monkeypatch):
 
 
 def test_the_environment_sets_the_default_precision(monkeypatch):
+    import imagery.detector as detector
+
+    monkeypatch.setattr(detector, "native_bf16", lambda device: True)
     monkeypatch.setenv("BERTHWATCH_PRECISION", "fp32")
     assert resolve_precision(None, "cpu") == "fp32"
-    assert resolve_precision("auto", "cpu") == resolve_precision("auto", "cpu")  # flag wins
+    assert resolve_precision("auto", "cpu") == "bf16"  # the flag wins over the environment
     monkeypatch.setenv("BERTHWATCH_PRECISION", "half")
     with pytest.raises(DetectorError, match=r"'half' \(from \$BERTHWATCH_PRECISION\)"):
         resolve_precision(None, "cpu")
@@ -407,10 +410,10 @@ def test_a_misspelt_precision_is_one_line_and_writes_nothing(command, tmp_path, 
     simulate_scene_file(get_port("chongjin"), "2024-03-19", tmp_path / "s.tif", seed=2)
     out, ws = tmp_path / "out.json", tmp_path / "ws"
     names = {"SCENE": str(tmp_path / "s.tif"), "OUT": str(out), "DATA": str(tmp_path)}
-    code = main([names.get(a, a) for a in command] + ["--precision", "fp16",
-                                                     "--workspace", str(ws)]
-                if command[0] == "run" else
-                [names.get(a, a) for a in command] + ["--precision", "fp16"])
+    args = [names.get(a, a) for a in command] + ["--precision", "fp16"]
+    if command[0] == "run":
+        args += ["--workspace", str(ws)]
+    code = main(args)
     err = capsys.readouterr().err
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and "'fp16'" in err and "Traceback" not in err

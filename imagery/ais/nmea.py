@@ -67,10 +67,10 @@ class _Clock:
     def for_file(cls, path: Path, window: tuple[int, int] | None) -> _Clock:
         count = 0
         if window and window[1] > window[0]:
+            tally = Tally()  # thrown away: the import pass counts these lines itself
             with _open_binary(path) as handle:
-                count = sum(1 for line in _until_damage(nmea_lines(handle, Tally()), path,
-                                                        Tally())
-                            if _MESSAGE_START.search(line))
+                lines = _until_damage(nmea_lines(handle, tally), path, tally)
+                count = sum(1 for line in lines if _MESSAGE_START.search(line))
         return cls(window, count)
 
     def tick(self, line: bytes) -> int | None:

@@ -24,52 +24,19 @@ The package, one module per stage (imports run down this list, never back up):
 `layout` (the port's fixed geography), `timing` (revisit, overpass, sun), `truth` (vessel
 specs, truth and its sidecar file), `fleet` (where vessels lie), `pixels` (vessels, surface,
 clouds, SCL, sensor), `scene` (one scene and its file), `source` (`SimulatedSource`) and
-`large` (a full-size tile for benchmarks). Everything public is re-exported here, so
-`from imagery.simulate import ...` is the way in.
+`large` (a full-size tile for benchmarks). The functions and classes are re-exported here,
+so `from imagery.simulate import ...` is the way in; the tuning constants (spectra, SCL
+codes, sensor figures) stay in `constants`, where the stages read them.
 """
 
-from imagery.simulate.constants import (
-    BAND_NAMES,
-    BARE,
-    CLASS_SPECTRA,
-    CLASS_TEXTURE,
-    CONCRETE,
-    FOREST,
-    HARBOUR_WATER,
-    NOISE_SIGMA,
-    PIXEL_M,
-    PSF_SIGMA,
-    SCALE,
-    SCL_CIRRUS,
-    SCL_CLOUD_HIGH,
-    SCL_CLOUD_MED,
-    SCL_OF_CLASS,
-    SCL_SHADOW,
-    SCL_VESSEL,
-    URBAN,
-    WATER,
-)
 from imagery.simulate.fleet import FENDER_GAP_M, footprint, random_fleet
-from imagery.simulate.large import LARGE_CELL, write_large_scene
-from imagery.simulate.layout import (
-    QUAY_AT,
-    PortLayout,
-    QuayFace,
-    SimulationError,
-    port_layout,
-    scene_grid,
-)
+from imagery.simulate.large import write_large_scene
+from imagery.simulate.layout import PortLayout, QuayFace, SimulationError, port_layout, scene_grid
 from imagery.simulate.noise import fractal_noise
 from imagery.simulate.pixels import render_vessel
 from imagery.simulate.scene import scene_id_for, simulate_scene, simulate_scene_file
 from imagery.simulate.source import CloudSchedule, FleetHook, SimulatedSource
-from imagery.simulate.timing import (
-    EPOCH,
-    acquisition_time,
-    overpass_time,
-    satellite_on,
-    solar_position,
-)
+from imagery.simulate.timing import acquisition_time, overpass_time, satellite_on, solar_position
 from imagery.simulate.truth import (
     SimulationTruth,
     TruthVessel,
@@ -81,10 +48,7 @@ from imagery.simulate.truth import (
 )
 
 __all__ = [
-    "BAND_NAMES", "BARE", "CLASS_SPECTRA", "CLASS_TEXTURE", "CONCRETE", "EPOCH", "FENDER_GAP_M",
-    "FOREST", "HARBOUR_WATER", "LARGE_CELL", "NOISE_SIGMA", "PIXEL_M", "PSF_SIGMA", "QUAY_AT",
-    "SCALE", "SCL_CIRRUS", "SCL_CLOUD_HIGH", "SCL_CLOUD_MED", "SCL_OF_CLASS", "SCL_SHADOW",
-    "SCL_VESSEL", "URBAN", "WATER",
+    "FENDER_GAP_M",
     "CloudSchedule", "FleetHook", "PortLayout", "QuayFace", "SimulatedSource", "SimulationError",
     "SimulationTruth", "TruthVessel", "VesselSpec",
     "acquisition_time", "footprint", "fractal_noise", "load_truth", "overpass_time",
