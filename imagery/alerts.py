@@ -15,6 +15,21 @@ ALERT_COLUMNS = ("alert_id", "status", "port", "zone", "acquisition_time", "lon"
                  "simulated")
 
 
+def _port_and_time(alias: str, port: str | None, since: datetime | None,
+                   until: datetime | None = None) -> tuple[str, list]:
+    """SQL clauses (each starting " AND") and their arguments for the filters given on
+    `alias`'s port and acquisition time (stored as UTC ISO text, so text order is time)."""
+    sql, args = "", []
+    for clause, value in ((f" AND {alias}.port = ?", port),
+                          (f" AND {alias}.acquisition_time >= ?", since),
+                          (f" AND {alias}.acquisition_time <= ?", until)):
+        if value:
+            sql += clause
+            args.append(value if isinstance(value, str)
+                        else value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    return sql, args
+
+
 def query_alerts(ws: Workspace, port: str | None = None, since: datetime | None = None,
                  alert_id: str | None = None, until: datetime | None = None,
                  status: str | None = None) -> list[dict]:
@@ -27,16 +42,8 @@ def query_alerts(ws: Workspace, port: str | None = None, since: datetime | None 
     sql = f"""SELECT * FROM (SELECT a.*, e.first_seen, e.last_seen,
                     e.scenes AS episode_scenes, {verdict} AS status
              FROM alerts a LEFT JOIN episodes e ON e.episode_id = a.episode_id) a WHERE 1=1"""
-    args: list = []
-    if port:
-        sql += " AND a.port = ?"
-        args.append(port)
-    if since:
-        sql += " AND a.acquisition_time >= ?"
-        args.append(since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
-    if until:
-        sql += " AND a.acquisition_time <= ?"
-        args.append(until.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    where, args = _port_and_time("a", port, since, until)
+    sql += where
     if status:
         sql += " AND a.status = ?"
         args.append(status)
@@ -71,13 +78,8 @@ def no_coverage_scenes(ws: Workspace, port: str | None = None,
                         AS berthed_detections
              FROM processing p JOIN scenes s ON s.scene_id = p.scene_id
              WHERE p.status = 'done' AND p.ais_coverage = 0"""
-    args: list = []
-    if port:
-        sql += " AND s.port = ?"
-        args.append(port)
-    if since:
-        sql += " AND s.acquisition_time >= ?"
-        args.append(since.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    where, args = _port_and_time("s", port, since)
+    sql += where
     conn = ws.connect()
     try:
         if "ais_coverage" not in {r[1] for r in conn.execute("PRAGMA table_info(processing)")}:

@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import os
+import stat
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
@@ -244,6 +246,13 @@ def test_write_large_scene_is_a_valid_seamless_scene(tmp_path):
     assert np.array_equal(read_reflectance(open_scene(again)), read_reflectance(info))
     refl = read_reflectance(info, window=Window(0, 0, 300, 200))
     assert 0 < refl.min() and refl.max() < 1
+    # Readable as the umask allows, like every other scene (mkstemp's own mode is 0600).
+    old = os.umask(0o022)
+    try:
+        shared = write_large_scene(tmp_path / "big3.tif", 64, 64, seed=1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o644
 
 
 def test_acquisition_time_defaults_to_the_overpass(port):

@@ -29,6 +29,7 @@ from imagery.simulate.constants import (
 )
 from imagery.simulate.noise import _rng, _upsample, fractal_noise
 from imagery.simulate.pixels import _blur, _quantize, _vessel_look, render_vessel
+from imagery.simulate.truth import current_umask
 
 LARGE_CELL = 32  # the big scene's land and land-cover fields live on a 320 m grid
 
@@ -63,6 +64,7 @@ def write_large_scene(
                 strip = _large_strip(coast, cover, hulls, row0, rows, width, seed)
                 dst.write(strip, window=Window(0, row0, width, rows))
             _tag_large(dst, width, height, seed)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; a scene is no secret
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
