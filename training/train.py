@@ -210,15 +210,17 @@ def fit(
     log_every: int = 0,
     init: BerthNet | None = None,
     stats: dict | None = None,
+    untrained: BerthNet | None = None,
 ) -> BerthNet:
     """Train a model on `scenes` with `recipe` (the first stage skipped when `init` holds its
     result), then mine hard negatives and fine-tune when the recipe says so. Returns the model
     in eval mode on the CPU; `stats` (when given) gets `mined_negatives`. The caller's scenes
-    are left as they were."""
+    are left as they were. `untrained` replaces the fresh BerthNet of the recipe's widths
+    that the first stage starts from (another architecture, for an experiment)."""
     torch.manual_seed(recipe.seed)
     dev = _device(device)
     # channels_last: oneDNN convolutions train ~1.3x faster per step on a CPU in this layout.
-    model = init if init is not None else BerthNet(recipe.widths)
+    model = init if init is not None else untrained or BerthNet(recipe.widths)
     model = model.to(dev, memory_format=torch.channels_last)
     if init is None:
         stage = dict(steps=recipe.steps, lr=recipe.lr, warmup=recipe.warmup, seed=recipe.seed,
