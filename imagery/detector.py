@@ -20,13 +20,8 @@ import hashlib
 import json
 import math
 import os
-import queue
 import re
-import threading
 import warnings
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from imagery.chip_feed import in_order, intra_op_threads, read_ahead, read_chips, staged_batches
 
 # Post-processing and output live in their own modules; their public names stay importable
 # from here (tests, training and the CLI import them from imagery.detector).
@@ -72,7 +69,7 @@ from imagery.scene import (
     SceneInfo,
     open_scene,
 )
-from imagery.tiling import chip_windows, iter_chips, read_chip
+from imagery.tiling import chip_windows
 
 PIXEL_RANGE_M = (8.0, 10.0)  # ground pixel sizes the model is trained for
 LOG_EPS = 0.01  # log(reflectance + eps): haze and gain become offsets, dark water stays finite
@@ -538,124 +535,6 @@ def model_device(model: nn.Module) -> torch.device:
     return next(iter(model.parameters()), torch.empty(0)).device
 
 
-def _batched(items: Iterator, size: int) -> Iterator[list]:
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _read_chips(info: SceneInfo, size: int, overlap: int, readers: int) -> Iterator:
-    """The scene's chips in order, read by `readers` threads at once (GDAL decompresses
-    without the GIL): one reader cannot feed a GPU from a deflate-compressed tile."""
-    pairs = chip_windows(info.width, info.height, size, overlap)
-    if readers <= 1:
-        yield from iter_chips(info, size, overlap, SCENE_BANDS, with_scl=info.has_scl)
-        return
-    with ThreadPoolExecutor(readers, thread_name_prefix="detect-read") as pool:
-        pending: deque = deque()
-        for window, core in pairs:
-            pending.append(pool.submit(read_chip, info, window, core, SCENE_BANDS, info.has_scl))
-            if len(pending) > 2 * readers:  # bounded look-ahead: memory stays a few chips
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-
-
-def _staged_batches(chips: Iterator, size: int, pin: bool) -> Iterator[tuple]:
-    """(chips, reflectance (B, C, h, w) with NaN past the edge, SCL (B, h, w) or None), the
-    tensors in page-locked memory when bound for a GPU (an asynchronous copy)."""
-    for batch in _batched(chips, size):
-        raw = torch.from_numpy(np.stack([c.array for c in batch]))
-        scl = None
-        if all(c.scl is not None for c in batch):
-            scl = torch.from_numpy(np.stack([c.scl for c in batch]).astype(np.uint8))
-        if pin:
-            raw, scl = raw.pin_memory(), None if scl is None else scl.pin_memory()
-        yield batch, raw, scl
-
-
-def _read_ahead(items: Iterator, depth: int = 2) -> Iterator:
-    """`items`, produced by a thread up to `depth` ahead, so that reading and decompressing
-    the next chips (GDAL releases the GIL) overlaps the model and post-processing of these.
-    An error in the thread is raised here; leaving early stops the thread."""
-    done, stop = object(), threading.Event()
-    slots: queue.Queue = queue.Queue(maxsize=depth)
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                slots.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(done)
-        except BaseException as exc:  # handed to the consumer, raised there
-            put(_Failure(exc))
-
-    thread = threading.Thread(target=work, name="detect-reader", daemon=True)
-    thread.start()
-    try:
-        while (item := slots.get()) is not done:
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
-@dataclass
-class _Failure:
-    error: BaseException
-
-
-@contextlib.contextmanager
-def _intra_op_threads(count: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to `count` for the block (None: left as they are)."""
-    before = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _in_order(work, items: Iterator[tuple], workers: int) -> Iterator[tuple]:
-    """(item[0], work(*item)) for each item, in the items' order, `workers` at a time; the
-    look-ahead is bounded, so memory stays a few batches. An error in a worker is raised here."""
-    if workers <= 1:
-        for item in items:
-            yield item[0], work(*item)
-        return
-    with ThreadPoolExecutor(workers, thread_name_prefix="detect-work") as pool:
-        pending: deque = deque()
-        try:
-            for item in items:
-                pending.append((item[0], pool.submit(work, *item)))
-                if len(pending) >= 2 * workers:
-                    batch, future = pending.popleft()
-                    yield batch, future.result()
-            while pending:
-                batch, future = pending.popleft()
-                yield batch, future.result()
-        finally:
-            for _, future in pending:
-                future.cancel()
-
-
 def _infer(
     model: BerthNet, raw: torch.Tensor, present: torch.Tensor, size: int, tta: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -710,11 +589,11 @@ def detect(
     readers = readers or (1 if device.type == "cpu" else min(GPU_READERS, os.cpu_count() or 1))
     native_chip, native_overlap, scale = _chip_plan(info, chip_size, overlap, pixel_range)
     present = torch.tensor([[b in info.bands for b in SCENE_BANDS]])
-    chips = _read_chips(info, native_chip, native_overlap, readers)
+    chips = read_chips(info, native_chip, native_overlap, readers)
     total = len(chip_windows(info.width, info.height, native_chip, native_overlap))
     bar = _progress(total, f"detect {info.scene_id}", progress)
     found: list[Detection] = []
-    staged = _read_ahead(_staged_batches(chips, batch_size, device.type == "cuda"))
+    staged = read_ahead(staged_batches(chips, batch_size, device.type == "cuda"))
 
     @torch.inference_mode()
     def work(batch: list, raw: torch.Tensor, scl: torch.Tensor | None) -> list[Detection]:
@@ -734,9 +613,9 @@ def detect(
     threads = torch.get_num_threads()
     workers = min(threads, CPU_WORKERS) if device.type == "cpu" and not reference else 1
     # closing: an error here stops the reader thread now, not when the traceback is freed.
-    with contextlib.closing(staged), _intra_op_threads(threads // workers if workers > 1
+    with contextlib.closing(staged), intra_op_threads(threads // workers if workers > 1
                                                        else None):
-        for batch, detections in _in_order(work, staged, workers):
+        for batch, detections in in_order(work, staged, workers):
             found.extend(detections)
             bar.update(len(batch))
     bar.close()

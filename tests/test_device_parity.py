@@ -296,7 +296,7 @@ def test_reader_thread_hands_over_errors_and_stops_when_left():
     import itertools
     import threading
 
-    from imagery.detector import _read_ahead
+    from imagery.chip_feed import read_ahead
 
     def failing():
         yield 1
@@ -305,10 +305,10 @@ def test_reader_thread_hands_over_errors_and_stops_when_left():
 
     got = []
     with pytest.raises(OSError, match="block 7"):
-        for item in _read_ahead(failing()):
+        for item in read_ahead(failing()):
             got.append(item)
     assert got == [1, 2]
-    endless = _read_ahead(itertools.count())
+    endless = read_ahead(itertools.count())
     assert [next(endless) for _ in range(3)] == [0, 1, 2]
     endless.close()
     assert not [t for t in threading.enumerate() if t.name == "detect-reader"]
