@@ -52,6 +52,9 @@ def test_galileo_pretrained_weights_load(shared_data, tmp_path):
     assert torch.isfinite(out).all() and out.std() > 0
     with pytest.raises(FileNotFoundError, match="Galileo-nano weights not found"):
         GalileoEncoder.pretrained(tmp_path)
+    (tmp_path / "encoder.pt").write_bytes((folder / "encoder.pt").read_bytes()[:-1])
+    with pytest.raises(ValueError, match="is not Galileo-nano's"):
+        GalileoEncoder.pretrained(tmp_path)
 
 
 def _feature(length_m, contrast):

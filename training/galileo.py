@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imagery.detector import BerthNet, WeightsEntry, fuse_batchnorm, load_state
+from imagery.detector import BerthNet, WeightsEntry, file_sha256, fuse_batchnorm, load_state
 from training.chips import load_labelled
 
 GALILEO_DIR = Path(__file__).resolve().parents[2] / "shared/data/pretrained/galileo-nano"
+GALILEO_SHA256 = "eab6acacf527886a508a555bc24efe4b4a2cf91b162e84cd1c4a1807e942180c"
 EMBED = 128
 DEPTH = 4
 HEADS = 8
@@ -134,6 +135,9 @@ class GalileoEncoder(nn.Module):
         path = Path(folder) / "encoder.pt"
         if not path.is_file():
             raise FileNotFoundError(f"{path}: Galileo-nano weights not found")
+        actual = file_sha256(path)
+        if actual != GALILEO_SHA256:  # checked before unpickling, as the project's own weights
+            raise ValueError(f"{path}: sha256 {actual} is not Galileo-nano's ({GALILEO_SHA256})")
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = {k.replace(".backbone", ""): v for k, v in state.items()}
         encoder = cls()
