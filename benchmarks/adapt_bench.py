@@ -1,7 +1,8 @@
 """Replay an analyst's work on labelled ports and measure what the learning loop gains.
 
     python benchmarks/adapt_bench.py --data ../shared/data/sen2ships [--leave-ports-out]
-        [--weights W] [--ports P ...] [--steps N] [--benchmark in-sample|none] [--json F]
+        [--weights W] [--ports P ...] [--steps N] [--benchmark in-sample|none]
+        [--precision fp32|bf16|auto] [--json F]
 
 For each port, its scene is cut in two halves along a line through no labelled vessel. The
 model blind to the port (with --leave-ports-out the fold model that never saw it, else
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -33,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from imagery import models  # noqa: E402
-from imagery.detector import get_weights, load_model  # noqa: E402
+from imagery.detector import PRECISION_ENV, get_weights, load_model  # noqa: E402
 from imagery.pipeline import open_workspace  # noqa: E402
 from training.chips import find_scene_dirs  # noqa: E402
 from training.evaluate import (  # noqa: E402
@@ -132,9 +134,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=RetrainConfig.steps)
     ap.add_argument("--benchmark", choices=("in-sample", "none"), default="in-sample")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                    help="the convolutions' dtype everywhere, retrain's gate included (default "
+                    "fp32: the model card's tables are fp32, and bf16 moves a decision or two)")
     ap.add_argument("--json", metavar="FILE")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    # Through the environment, so that every model retrain and its gate load uses it too.
+    os.environ[PRECISION_ENV] = args.precision
     entry = get_weights(args.weights)
     args.weights_name = entry.name
     dirs = find_scene_dirs(args.data)
@@ -186,7 +193,7 @@ def _write(args: argparse.Namespace, ports: dict, pooled: dict) -> None:
     result = {"pooled": pooled, "ports": ports,
               "settings": {"leave_ports_out": args.leave_ports_out, "weights": args.weights_name,
                            "steps": args.steps, "benchmark": args.benchmark,
-                           "threads": args.threads}}
+                           "threads": args.threads, "precision": args.precision}}
     Path(args.json).write_text(json.dumps(result, indent=1), encoding="utf-8")
 
 
