@@ -8,6 +8,7 @@ import io
 import json
 from datetime import UTC, datetime
 
+from imagery.csv_cells import csv_row
 from imagery.workspace import Workspace
 
 ALERT_COLUMNS = ("alert_id", "status", "port", "zone", "acquisition_time", "lon", "lat", "score",
@@ -66,7 +67,8 @@ def query_alerts(ws: Workspace, port: str | None = None, since: datetime | None 
 
 
 def no_coverage_scenes(ws: Workspace, port: str | None = None,
-                       since: datetime | None = None) -> list[dict]:
+                       since: datetime | None = None,
+                       until: datetime | None = None) -> list[dict]:
     """Processed scenes without AIS coverage (processing.ais_coverage = 0; their zones have
     zone_counts.status 'no_ais_coverage'), oldest first, with how many berthed detections
     each set aside instead of alerting: scene_id, port, acquisition_time, ais_fixes,
@@ -78,7 +80,7 @@ def no_coverage_scenes(ws: Workspace, port: str | None = None,
                         AS berthed_detections
              FROM processing p JOIN scenes s ON s.scene_id = p.scene_id
              WHERE p.status = 'done' AND p.ais_coverage = 0"""
-    where, args = _port_and_time("s", port, since)
+    where, args = _port_and_time("s", port, since, until)
     sql += where
     conn = ws.connect()
     try:
@@ -120,8 +122,9 @@ def format_alerts(rows: list[dict], fmt: str = "table",
         writer = csv.writer(out)
         writer.writerow(ALERT_COLUMNS + ("first_seen", "last_seen"))
         for r in rows:
-            writer.writerow([("; ".join(r[c]) if c == "reasons" else r[c]) for c in ALERT_COLUMNS]
-                            + [r.get("first_seen"), r.get("last_seen")])
+            writer.writerow(csv_row([("; ".join(r[c]) if c == "reasons" else r[c])
+                                     for c in ALERT_COLUMNS]
+                                    + [r.get("first_seen"), r.get("last_seen")]))
         return out.getvalue()
     notes = "".join(f"{line}\n" for line in coverage_lines(no_coverage or []))
     if not rows:

@@ -17,6 +17,7 @@ from rasterio.features import geometry_mask
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import transform as window_transform
 
+from imagery.csv_cells import csv_row
 from imagery.postprocess import Detection
 from imagery.scene import (
     SCL_OBSCURED,
@@ -132,7 +133,7 @@ def write_csv(collection: dict, path: str | os.PathLike) -> Path:
             lon, lat = f["geometry"]["coordinates"]
             p = f["properties"]
             row = [lon, lat, *(p[k] for k in CSV_FIELDS[2:])]
-            writer.writerow((top["scene_id"], top["acquisition_time"], *row))
+            writer.writerow(csv_row((top["scene_id"], top["acquisition_time"], *row)))
     return path
 
 

@@ -41,7 +41,7 @@ from imagery.reconcile import (
 )
 from imagery.scene import SCL_OBSCURED, SceneError, open_scene, read_scl
 from imagery.sources import SceneSource, fetch_into_workspace
-from imagery.workspace import Workspace, file_stem, sha256_file, utc_now
+from imagery.workspace import Workspace, WorkspaceError, file_stem, sha256_file, utc_now
 
 PIPELINE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS processing (
@@ -126,17 +126,21 @@ class StoredFileChanged(RuntimeError):
 def run_lock(ws: Workspace) -> Iterator[None]:
     """An exclusive, non-blocking lock; the kernel releases it if the process dies."""
     path = ws.root / "run.lock"
-    handle = open(path, "a+")
+    try:
+        handle = open(path, "a+")
+    except OSError as exc:
+        raise WorkspaceError(f"cannot open the run lock {path} ({exc.strerror or exc})") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
         raise RunLocked(f"another berthwatch run holds {path}; try again when it ends") from None
     try:
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        try:  # the pid is for people; the lock is the flock. A full disk must not stop here.
+            os.ftruncate(handle.fileno(), 0)
+            os.write(handle.fileno(), f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
         yield
     finally:
         fcntl.flock(handle, fcntl.LOCK_UN)
@@ -162,11 +166,12 @@ def open_workspace(path=None) -> Workspace:
     ws = Workspace.open(path)
     from imagery import ais
 
-    ais.ensure_schema(ws)
-    ws.ensure_schema(PIPELINE_SCHEMA)
-    _add_columns(ws)
-    ws.relativise_column("processing", "scene_id", "detections_path")
-    ws.relativise_column("alerts", "alert_id", "chip_path")
+    with ws.failing_in_one_line():
+        ais.ensure_schema(ws)
+        ws.ensure_schema(PIPELINE_SCHEMA)
+        _add_columns(ws)
+        ws.relativise_column("processing", "scene_id", "detections_path")
+        ws.relativise_column("alerts", "alert_id", "chip_path")
     return ws
 
 
@@ -210,8 +215,8 @@ def run_pass(
 
     report = RunReport()
     with run_lock(ws):
-        weights = resolve_weights(ws, weights)  # the workspace's promoted model by default
         try:
+            weights = resolve_weights(ws, weights)  # the workspace's promoted model by default
             for port in ports:
                 if source is not None:
                     _fetch_new(ws, port, source, start, end, max_cloud, report, progress)

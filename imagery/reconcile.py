@@ -39,6 +39,11 @@ class Gates:
     """Reconciliation gates; the README lists the defaults."""
 
     match_distance_m: float = 300.0
+    # A vessel AIS places outside every zone pairs only this close: an antenna just over the
+    # edge of a tightly drawn berth polygon is the ship detected inside it, but a vessel at
+    # anchor a few hundred metres off (and missed by the detector) must not explain away a
+    # dark tanker at the berth.
+    outside_zone_match_m: float = 100.0
     interpolate_max_gap: timedelta = timedelta(hours=2)  # each side of the acquisition time
     moored_hold: timedelta = timedelta(hours=36)  # how long a moored fix stays valid
     moored_speed_kn: float = 0.5
@@ -193,7 +198,7 @@ def _place_one(mmsi: int, track: list[AisFix], when: datetime, gates: Gates) -> 
         gap_b, gap_a = when - before.time, after.time - when
         if gap_b <= gates.interpolate_max_gap and gap_a <= gates.interpolate_max_gap:
             w = gap_b / (gap_b + gap_a)
-            lon = before.lon + w * (after.lon - before.lon)
+            lon = _wrap_lon(before.lon + w * _lon_delta(before.lon, after.lon))
             lat = before.lat + w * (after.lat - before.lat)
             return Placement(mmsi, lon, lat, "interpolated", min(gap_b, gap_a).total_seconds())
     if before and _moored(before, gates) and when - before.time <= gates.moored_hold:
@@ -215,10 +220,19 @@ def _moored(fix: AisFix, gates: Gates) -> bool:
     return fix.sog_kn is not None and fix.sog_kn <= gates.moored_speed_kn
 
 
+def _lon_delta(a: float, b: float) -> float:
+    """b - a the short way round, in [-180, 180): 179.999 to -179.999 is 0.002, not -360."""
+    return (b - a + 180.0) % 360.0 - 180.0
+
+
+def _wrap_lon(lon: float) -> float:
+    return lon if -180.0 <= lon <= 180.0 else (lon + 180.0) % 360.0 - 180.0
+
+
 def _distance_m(a: AisFix, b: AisFix) -> float:
     # Equirectangular is exact enough at berth scale (hundreds of metres).
     k = 111_320.0
-    dx = (b.lon - a.lon) * k * math.cos(math.radians((a.lat + b.lat) / 2))
+    dx = _lon_delta(a.lon, b.lon) * k * math.cos(math.radians((a.lat + b.lat) / 2))
     return math.hypot(dx, (b.lat - a.lat) * k)
 
 
@@ -251,6 +265,8 @@ def match(
     p_xy = _to_metres(port, [p.lon for p in placements], [p.lat for p in placements])
     dist = np.linalg.norm(d_xy[:, None, :] - p_xy[None, :, :], axis=2)
     allowed = dist <= gates.match_distance_m
+    outside = np.array([p.zone is None for p in placements])
+    allowed &= ~outside[None, :] | (dist <= gates.outside_zone_match_m)
     for i, det in enumerate(detections):
         for j, placed in enumerate(placements):
             if allowed[i, j] and not _lengths_agree(det, placed.vessel, gates):
@@ -286,22 +302,25 @@ def reconcile_scene(
         zone = port.zone_at(p.lon, p.lat)
         placements.append(Placement(p.mmsi, p.lon, p.lat, p.method, p.fix_age_s, zone,
                                     vessels.get(p.mmsi)))
+    # Every placed vessel may pair, not only those inside a zone: an AIS antenna tens of metres
+    # outside a tightly drawn berth polygon still accounts for the ship detected inside it.
+    # Zone counts and "AIS but not seen" use the vessels placed in zones.
     in_zones = [p for p in placements if p.zone is not None]
-    pairs, dist, allowed = match(detections, in_zones, port, gates)
+    pairs, dist, allowed = match(detections, placements, port, gates)
     paired_d = {i for i, _, _ in pairs}
     paired_p = {j for _, j, _ in pairs}
-    matched = [(detections[i], in_zones[j], d) for i, j, d in pairs]
+    matched = [(detections[i], placements[j], d) for i, j, d in pairs]
     berths = {z.name for z in port.zones if z.kind == "berth"}
     unmatched, under_cloud = [], []
     for i, det in enumerate(detections):
         if i in paired_d or det.zone not in berths or not det.berthed:
             continue  # a vessel at anchor is not a port call; one alongside a berth is
-        item = _explain_detection(det, i, in_zones, dist, allowed, gates)
+        item = _explain_detection(det, i, placements, dist, allowed, gates)
         seen = point_visible is None or point_visible(det.lon, det.lat)
         (unmatched if seen else under_cloud).append(item)
     ais_only = [
         AisOnly(p, _explain_missing(p, zone_visible, point_visible, gates))
-        for j, p in enumerate(in_zones) if j not in paired_p
+        for j, p in enumerate(placements) if j not in paired_p and p.zone is not None
     ]
     zones = _zone_counts(port, detections, in_zones, zone_visible, gates, ais_covered)
     no_coverage = [] if ais_covered else unmatched
@@ -317,6 +336,9 @@ def _explain_detection(det: Detection, i: int, placements: Sequence[Placement],
         if dist.size and dist[i, j] <= gates.consider_distance_m:
             if dist[i, j] > gates.match_distance_m:
                 refused = f"beyond the {gates.match_distance_m:g} m gate"
+            elif p.zone is None and dist[i, j] > gates.outside_zone_match_m:
+                refused = (f"outside the zones, beyond the {gates.outside_zone_match_m:g} m "
+                           "gate for such vessels")
             elif not allowed[i, j]:
                 refused = "length disagrees"
             else:

@@ -9,6 +9,7 @@ contract and raises `SceneError` naming the file and the problem; nothing here w
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import tempfile
@@ -112,12 +113,16 @@ def ground_scale(crs: CRS, transform: Affine, width: int, height: int) -> float:
 
 
 def parse_time(value: str) -> datetime:
-    """ISO 8601 time or date, returned as an aware UTC datetime."""
+    """ISO 8601 time or date, returned as an aware UTC datetime. Raises ValueError for text
+    that is not one, or whose UTC equivalent falls outside years 1-9999."""
     text = value.strip().replace("Z", "+00:00")
     moment = datetime.fromisoformat(text)
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is a valid ISO text but no UTC time
+        raise ValueError(f"{value!r} is out of the range of UTC times") from None
 
 
 def max_scene_pixels() -> int:
@@ -188,8 +193,8 @@ def open_scene(
             scale = float(scale_text)
         except ValueError:
             raise SceneError(path, f"REFLECTANCE_SCALE {scale_text!r} is not a number") from None
-        if not scale > 0:
-            raise SceneError(path, f"REFLECTANCE_SCALE {scale_text!r} must be positive")
+        if not 0 < scale < math.inf:
+            raise SceneError(path, f"REFLECTANCE_SCALE {scale_text!r} must be positive and finite")
     elif profile_dtype == "float32":
         scale = 1.0
     else:
@@ -429,7 +434,27 @@ def write_scene(
             for i, name in enumerate(band_names, start=1):
                 dst.set_band_description(i, name)
         os.replace(tmp_name, path)
+    except rasterio.errors.RasterioError as exc:
+        # GDAL reports a full disk as "Write failed. See previous exception": say what it is,
+        # as an OSError, which callers record as a failure to retry (not a bad scene).
+        full = _space_left(path.parent) < DISK_FULL_BYTES
+        Path(tmp_name).unlink(missing_ok=True)
+        code, what = (errno.ENOSPC, "no space left on device") if full else (errno.EIO, "")
+        raise OSError(code, f"cannot write {path}: {what or _short(exc)}") from None
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+# Free space under which a failed GeoTIFF write is taken for a full disk: GDAL writes a block
+# at a time (a 256 px block of 6 uint16 bands is 768 KiB before compression).
+DISK_FULL_BYTES = 4 * 2**20
+
+
+def _space_left(folder: Path) -> int:
+    try:
+        stats = os.statvfs(folder)
+    except OSError:
+        return DISK_FULL_BYTES
+    return stats.f_bavail * stats.f_frsize

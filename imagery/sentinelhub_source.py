@@ -249,6 +249,11 @@ class SentinelHubSource:
             raise self._download_error(what, exc.request_exception) from None
         except requests.RequestException as exc:
             raise self._download_error(what, exc) from None
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            # A 200 whose body is not what the API documents (an HTML maintenance page, JSON
+            # without the expected members): sentinelhub fails parsing it.
+            raise SentinelHubError(redact(f"{what}: unexpected response from Sentinel Hub "
+                                          f"({type(exc).__name__}: {exc})"[:500])) from None
 
     def _download_error(self, what: str, exc: Exception | None) -> SentinelHubError:
         response = getattr(exc, "response", None)
@@ -288,14 +293,17 @@ def _ref_from_item(item: dict, port: Port, what: str) -> SceneRef:
             source=SOURCE_NAME,
             cloud_cover=None if cloud is None else float(cloud),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise SentinelHubError(f"{what}: unexpected catalog item {item.get('id')!r} "
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        name = item.get("id") if isinstance(item, dict) else item
+        raise SentinelHubError(f"{what}: unexpected catalog item {name!r} "
                                f"({type(exc).__name__}: {exc})") from None
 
 
 def _decode_tiff(content: bytes, grid: AoiGrid, what: str) -> tuple[np.ndarray, RioCRS, Affine]:
     """The Process API TIFF as (6, H, W) uint16 with its georeferencing; the requested grid
     stands in where the TIFF carries none."""
+    if not content:
+        raise SentinelHubError(f"{what}: the response is empty, not a TIFF")
     try:
         with warnings.catch_warnings():
             # A TIFF without georeferencing is handled below; rasterio's warning is noise.

@@ -81,7 +81,11 @@ class LocalFolderSource:
             except SceneError as exc:
                 refs.append(self._unusable(path, port, exc.reason))
                 continue
-            if info.port not in (None, port.name) or info.acquisition_time is None:
+            if info.port not in (None, port.name):
+                continue
+            if info.acquisition_time is None:  # cannot be placed in time, nor matched to AIS
+                refs.append(self._unusable(path, port, "no acquisition time (tag "
+                                                       "ACQUISITION_TIME or ACQUISITION_DATE)"))
                 continue
             if start <= info.acquisition_time <= end:
                 refs.append(SceneRef(info.scene_id, port.name, info.acquisition_time,

@@ -7,6 +7,7 @@ The README ("Tanker calls and barrels") states the rule and works one example by
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 
 # --- the constants -----------------------------------------------------------------------------
@@ -64,6 +65,7 @@ class TankerConfig:
 
 
 DEFAULT_CONFIG = TankerConfig()
+LONGEST_HULL_M = 10_000.0  # `config_with` refuses settings whose barrels overflow below this
 
 
 def config_with(settings: list[str], base: TankerConfig = DEFAULT_CONFIG) -> TankerConfig:
@@ -81,6 +83,8 @@ def config_with(settings: list[str], base: TankerConfig = DEFAULT_CONFIG) -> Tan
             value = float(text)
         except ValueError:
             raise ValueError(f"--set {item!r}: {text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise ValueError(f"--set {item!r}: must be a finite number")
         if value < 0 or (value == 0 and name != "length_error_m"):
             raise ValueError(f"--set {item!r}: must be positive")
         changes[name] = value
@@ -88,6 +92,14 @@ def config_with(settings: list[str], base: TankerConfig = DEFAULT_CONFIG) -> Tan
     if config.band_min_m > config.band_max_m:
         raise ValueError(f"--set: band_min_m {config.band_min_m:g} is above band_max_m "
                          f"{config.band_max_m:g}")
+    try:  # finite barrels for any hull up to LONGEST_HULL_M, or the settings are refused
+        check = barrels_range(LONGEST_HULL_M, config)
+        finite = all(math.isfinite(v) for v in (check.low, check.central, check.high))
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise ValueError(f"--set {' '.join(settings)}: gives no finite barrels for a "
+                         f"{LONGEST_HULL_M:g} m hull")
     return config
 
 

@@ -139,9 +139,20 @@ class Workspace:
                                     f"{exc.strerror or exc}") from None
         if not ws._writable():
             raise WorkspaceReadOnly(f"workspace {ws.root} is read-only and holds no {DB_NAME}")
-        ws.ensure_schema(SCENES_SCHEMA)
-        ws.relativise_column("scenes", "scene_id", "path")
+        with ws.failing_in_one_line():
+            ws.ensure_schema(SCENES_SCHEMA)
+            ws.relativise_column("scenes", "scene_id", "path")
         return ws
+
+    @contextmanager
+    def failing_in_one_line(self) -> Iterator[None]:
+        """Turn a database that cannot be opened or written at all (a full disk: SQLite cannot
+        even create its -wal and -shm files; a corrupt file) into one line naming it."""
+        try:
+            yield
+        except (sqlite3.Error, OSError) as exc:
+            raise WorkspaceError(f"cannot use the workspace database {self.db_path} ({exc}); "
+                        "is the disk full, or the file damaged?") from None
 
     def _writable(self) -> bool:
         # SQLite writes beside the database (-wal, -shm, -journal): the folder must be writable

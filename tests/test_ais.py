@@ -367,6 +367,24 @@ def test_csv_column_mapping(ws: Workspace, tmp_path: Path):
         (211000040, iso(T0), 12.5, "NORD"), (211000041, iso(T0 + 1), None, "SUED")]
 
 
+def test_a_file_whose_rows_were_all_refused_can_be_imported_again(ws: Workspace,
+                                                                   tmp_path: Path):
+    # lat and lon mapped the wrong way round: every row is out of range and nothing is kept.
+    # Imported again with the right mapping, its rows must come in, not "already imported".
+    path = write(tmp_path / "swapped.csv", [
+        "schiff;zeit;breite;laenge", f"211000040;{T0};54.3;150.5", f"211000041;{T0};54.4;150.6"])
+    wrong = ais.import_file(ws, path, fmt="csv",
+                            columns="mmsi=schiff,time=zeit,lat=laenge,lon=breite")
+    assert wrong.accepted == 0 and sum(wrong.rejected.values()) == 2
+    right = ais.import_file(ws, path, fmt="csv",
+                            columns="mmsi=schiff,time=zeit,lat=breite,lon=laenge")
+    assert not right.already_imported and right.accepted == 2
+    assert query(ws, "SELECT COUNT(*) FROM ais_imports") == [(1,)]
+    again = ais.import_file(ws, path, fmt="csv",
+                            columns="mmsi=schiff,time=zeit,lat=breite,lon=laenge")
+    assert again.already_imported and again.accepted == 0
+
+
 def test_unknown_format_refused(ws: Workspace, tmp_path: Path):
     path = write(tmp_path / "notes.txt", ["just some words", "and more"])
     with pytest.raises(ais.AisError, match="--format"):
@@ -653,6 +671,11 @@ def test_positions_near_and_vessel_info(ws: Workspace, tmp_path: Path):
         assert len(ais.positions_near(conn, 133.0, 42.7, 133.2, 42.8, T0 + 1, T0 + 599)) == 0
         across = ais.positions_near(conn, 179.0, 0.0, -179.0, 1.0, T0, T0)
         assert [p.mmsi for p in across] == [211000052, 211000053]
+        # A box padded past 180 (a port's AOI near the antimeridian plus a margin) wraps round.
+        padded = ais.positions_near(conn, 179.0, 0.0, 181.0, 1.0, T0, T0)
+        assert [p.mmsi for p in padded] == [211000052, 211000053]
+        padded = ais.positions_near(conn, -181.0, 0.0, -179.0, 1.0, T0, T0)
+        assert [p.mmsi for p in padded] == [211000052, 211000053]
         info = ais.vessel_info(conn, 211000050)
         assert info and info.last_seen == iso(T0 + 600) and info.name is None
         assert ais.vessel_info(conn, 999999999) is None

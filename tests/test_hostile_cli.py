@@ -286,6 +286,15 @@ def test_alerts_show_and_filter_the_review_status(demo):
               for f in json.loads(geojson)["features"]}
     assert status[demo.alert] == "confirmed" and status[demo.false_alert] == "open"
 
+    # The last day a date can name: --until means the whole of it, with no day after it to
+    # count back from (a traceback before); the same alerts as with no --until.
+    last_day = ok(cli("alerts", "--until", "9999-12-31", "--format", "csv", "--workspace", root))
+    assert last_day == ok(cli("alerts", "--format", "csv", "--workspace", root))
+    # ... and a bare --until still takes in that whole day.
+    day = demo.ws.connect().execute("SELECT substr(acquisition_time, 1, 10) FROM alerts "
+                                    "WHERE alert_id = ?", (demo.alert,)).fetchone()[0]
+    assert demo.alert in ok(cli("alerts", "--until", day, "--workspace", root))
+
 
 # --- item 11: two processes --------------------------------------------------------------------
 

@@ -310,3 +310,28 @@ def test_full_disk_during_processing_stops_cleanly_and_a_rerun_finishes(tmp_path
     assert _files(ws) == files
     again = _cli(*args)
     assert again.returncode == 0 and "processed: 2" in again.stdout, again.stdout
+
+
+def test_alert_and_detection_csvs_quote_what_a_spreadsheet_would_run(tmp_path):
+    # Scene ids come from catalogues and zone names from port files: a cell starting with =
+    # must reach a spreadsheet as text, while numbers (a negative longitude) stay numbers.
+    import csv
+
+    from imagery.alerts import ALERT_COLUMNS, format_alerts
+    from imagery.detection_output import write_csv
+
+    row = {c: None for c in ALERT_COLUMNS} | {
+        "alert_id": '=HYPERLINK("http://evil.example","x")', "zone": "@SUM(1)", "lon": -12.5,
+        "reasons": ["+cmd|' /C calc'!A0"], "simulated": 0}
+    (cells,) = list(csv.reader(io.StringIO(format_alerts([row], "csv"))))[1:]
+    named = dict(zip(ALERT_COLUMNS, cells, strict=False))
+    assert named["alert_id"].startswith("'=") and named["zone"] == "'@SUM(1)"
+    assert named["reasons"].startswith("'+") and named["lon"] == "-12.5"
+    doc = {"properties": {"scene_id": "-2+3", "acquisition_time": "2024-03-01T02:00:00Z"},
+           "features": [{"geometry": {"coordinates": [-1.5, 2.0]},
+                         "properties": {"score": 0.9, "length_m": 90.0, "width_m": 15.0,
+                                        "heading_deg": 10.0, "berthed": True, "zone": "=1+1",
+                                        "px_x": 1.0, "px_y": 2.0}}]}
+    out = write_csv(doc, tmp_path / "d.csv")
+    (cells,) = list(csv.reader(out.open()))[1:]
+    assert cells[0] == "'-2+3" and cells[2] == "-1.5" and "'=1+1" in cells

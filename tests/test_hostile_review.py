@@ -6,6 +6,7 @@ files are as they were."""
 
 from __future__ import annotations
 
+import csv
 import io
 import socket
 import threading
@@ -20,6 +21,7 @@ import pytest
 import review_workspace as rw
 from PIL import Image
 
+from imagery import ais
 from imagery.render import SIMULATED_BAND_PX, SIMULATED_COLOUR
 from imagery.review import create_app
 from imagery.review import db as review_db
@@ -322,3 +324,91 @@ def test_pipeline_evidence_chip_marks_simulated_scenes(tmp_path, simulated):
         assert image.size == (384, 384 + SIMULATED_BAND_PX)
     else:
         assert text == "false" and amber == 0.0 and image.size == (384, 384)
+
+
+# --- formulas in file names, token links, folder names, add edits, port prefixes ---
+
+FORMULA = '=HYPERLINK("evil.example","x")'  # a file name: no `/`
+
+
+def test_evidence_ais_csv_quotes_a_formula_in_the_source_file_name(client, demo, tmp_path):
+    """The AIS file's name is external text: in ais_positions.csv it must not run as a
+    formula in a spreadsheet, like the vessel name beside it."""
+    text = (demo.ws.root / "ais.csv").read_text(encoding="utf-8")
+    evil = tmp_path / f"{FORMULA}.csv"
+    evil.write_text(text.replace("T22:50:00", "T23:10:00"), encoding="utf-8")  # new fixes
+    assert ais.import_file(demo.ws, evil).accepted > 0
+    response = client.get(url(demo.alert, "/evidence.zip"))
+    assert response.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(
+        zipfile.ZipFile(io.BytesIO(response.content)).read("ais_positions.csv").decode())))
+    files = {r["source_file"] for r in rows}
+    assert f"'{FORMULA}.csv" in files
+    for row in rows:
+        for cell in row.values():
+            assert cell[:1] not in ("=", "+", "-", "@", "\t", "\r"), row
+
+
+@pytest.mark.parametrize("path", ["//evil.example/x", "//evil.example"])
+def test_token_link_never_redirects_to_another_host(demo, path):
+    with TestClient(create_app(demo.ws.root, token=STRONG), base_url=LOCAL) as c:
+        response = c.get(f"{LOCAL}{path}?token={STRONG}", follow_redirects=False)
+    assert response.status_code == 303
+    location = response.headers["location"]
+    assert location.startswith("/") and not location.startswith("//"), location
+
+
+def test_token_link_still_returns_to_the_alert(demo):
+    with TestClient(create_app(demo.ws.root, token=STRONG), base_url=LOCAL) as c:
+        response = c.get(url(demo.alert) + f"?token={STRONG}&x=1", follow_redirects=False)
+        assert response.headers["location"] == url(demo.alert) + "?x=1"
+        assert c.get(response.headers["location"]).status_code == 200
+
+
+def test_chips_export_keeps_scenes_whose_ids_differ_only_in_replaced_characters(tmp_path):
+    """`S2TEST vostochny 20240306` and `S2TEST_vostochny_20240306` once shared one folder: the
+    second export overwrote the first scene's crop and labels."""
+    from imagery.review.export import export_chips, folder_name
+
+    spaced = rw.build(tmp_path / "ws", prefix="S2TEST vostochny ")
+    plain = rw.build(tmp_path / "ws", prefix="S2TEST_vostochny_")
+    review_db.ensure_schema(spaced.ws)
+    for d in (spaced, plain):
+        review_db.record(d.ws, scene_id=d.scenes[1], action="verdict", analyst="ana",
+                         alert_id=d.alert, det_id=0, verdict="confirmed")
+    results = export_chips(spaced.ws, tmp_path / "chips")
+    assert len(results) == 2 and not any(r.skipped for r in results)
+    assert len({r.folder for r in results}) == 2
+    assert len(list((tmp_path / "chips").iterdir())) == 2
+    assert folder_name(plain.scenes[1]) == plain.scenes[1]  # a plain id keeps its name
+    for long_id in ("x" * 400, "港" * 400):  # one folder name: under 255 bytes
+        assert len(folder_name(long_id).encode()) < 255
+
+
+@pytest.mark.parametrize("form", [{"op": "add:d0"}, {"op": "chip", "mode": "add:zzz"}])
+def test_an_add_with_a_target_is_refused_and_not_recorded(client, demo, form):
+    data = {"csrf": client.cookies.get("bw_csrf"), "analyst": "ana", "px_x": "5",
+            "px_y": "5", **form}
+    response = client.post(url(demo.alert, "/vessels"), data=data, follow_redirects=False)
+    assert response.status_code == 400, response.text
+    assert review_db.history(demo.ws, scene_id=demo.scenes[1]) == []
+
+
+def test_a_timeline_never_deletes_the_cached_plot_of_another_port(client, demo):
+    """Port `vostochny`'s old plots were found with `vostochny-*.png`, which also matches the
+    plots of a port named `vostochny-oil`."""
+    with demo.ws.transaction() as conn:
+        conn.execute("INSERT INTO zone_counts VALUES (?, 'vostochny-oil', 'jetty', 'berth',"
+                     " 1.0, 2, 1, 'observed')", (demo.scenes[0],))
+    assert client.get("/timeline/vostochny-oil.png").status_code == 200
+    folder = demo.ws.root / "review" / "timeline"
+    (other,) = folder.glob("vostochny-oil-*.png")
+    assert client.get("/timeline/vostochny.png").status_code == 200
+    assert other.is_file()
+    stale = folder / "vostochny-0123456789abcdef.png"  # this port's out-of-date plot still goes
+    stale.write_bytes(b"old")
+    with demo.ws.transaction() as conn:  # new data: a new plot
+        conn.execute("INSERT INTO zone_counts VALUES (?, 'vostochny', 'east', 'berth', 1.0,"
+                     " 1, 0, 'observed')", (demo.scenes[2],))
+    assert client.get("/timeline/vostochny.png").status_code == 200
+    assert not stale.exists() and other.is_file()

@@ -192,3 +192,49 @@ def test_reason_names_the_pairing_gate_the_readme_states():
     assert f"| pair a detection with an AIS vessel within | {Gates().match_distance_m:g} m |" \
         in readme
     assert f"within {Gates().consider_distance_m:g} m" in readme
+    assert (f"placed outside every zone only within | {Gates().outside_zone_match_m:g} m |"
+            in readme)
+
+
+def _berthed_and_ais_north_of_it(ais_off_m: float, length_m: float, nav_status: int,
+                                 name: str):
+    """A ship detected 20 m inside the oil terminal's northern edge, and AIS placing a vessel
+    `ais_off_m` metres north of that detection, outside every zone."""
+    west, _, east, north = PORT.zone("oil-terminal").geometry.bounds
+    lon = (west + east) / 2
+    det = Detection(1, lon, north - 20 / LEN_PER_DEG_LAT, 0.9, length_m, True, "oil-terminal")
+    fix = AisFix(9, T0 - timedelta(hours=1), lon, det.lat + ais_off_m / LEN_PER_DEG_LAT, 0.0,
+                 nav_status)
+    assert PORT.zone_at(fix.lon, fix.lat) is None
+    return _run([det], [fix], vessels={9: AisVessel(9, name, length_m)})
+
+
+def test_ais_vessel_just_outside_the_berth_polygon_still_accounts_for_the_detection():
+    # The ship is detected inside the berth zone; its AIS antenna reports 60 m away, just over
+    # the polygon's edge. AIS accounts for it: no alert, and no "none within 900 m" evidence.
+    result = _berthed_and_ais_north_of_it(60.0, 150.0, 5, "ALONGSIDE")
+    assert result.unmatched == [] and [m[1].mmsi for m in result.matched] == [9]
+    assert result.ais_only == []  # placed outside every zone: never an "AIS but not seen"
+
+
+def test_a_vessel_anchored_off_the_berth_does_not_explain_a_dark_tanker_at_it():
+    # A tanker at the berth with AIS off; a vessel at anchor 250 m off, outside every zone and
+    # missed by the detector. Within the 300 m gate, but it is not the berthed ship: an alert,
+    # whose evidence names the anchored vessel and why it did not pair.
+    result = _berthed_and_ais_north_of_it(250.0, 90.0, 1, "AT ANCHOR")
+    assert result.matched == [] and len(result.unmatched) == 1
+    (why,) = result.unmatched[0].reasons
+    assert why.startswith("MMSI 9 at 250 m: outside the zones, beyond the 100 m gate")
+
+
+def test_vessel_moored_on_the_antimeridian_is_placed_where_it_lies():
+    # GPS jitter takes a moored vessel's fixes across +-180: it is about 100 m from where it
+    # was, not on the other side of the planet.
+    fixes = [AisFix(1, T0 - timedelta(minutes=30), 179.999, 65.0, 0.1, 5),
+             AisFix(1, T0 + timedelta(minutes=30), -179.9994, 65.0, 0.1, 5)]
+    (p,) = place_vessels(fixes, T0)
+    assert p.method == "interpolated" and abs(abs(p.lon) - 179.9998) < 1e-6
+    fixes = [AisFix(2, T0 - timedelta(hours=3), 179.999, 65.0, 0.1, 5),
+             AisFix(2, T0 + timedelta(hours=3), -179.9994, 65.0, 0.1, 5)]
+    (p,) = place_vessels(fixes, T0)  # the next fix is 75 m away: it stayed
+    assert p.method == "held-moored" and p.lon == 179.999

@@ -248,6 +248,30 @@ def test_cli_search_lists_the_catalog_items(sh_env, token, catalog, capsys):
     assert TILE_A in out and TILE_B in out
 
 
+
+@pytest.mark.parametrize("answer, expected", [
+    ({"text": "<html>down for maintenance</html>"}, "JSONDecodeError"),
+    ({"json": {"type": "FeatureCollection", "features": []}}, "KeyError"),  # no "context"
+])
+def test_a_catalog_answer_that_is_not_the_api_s_is_one_line(sh_env, token, requests_mock, capsys,
+                                                            answer, expected):
+    requests_mock.post(CATALOG_URL, **answer)
+    code = main(["search", "--port", "chongjin", "--start", "2024-01-01", "--end", "2024-01-31"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "catalog search for chongjin" in err and "unexpected response" in err
+    assert expected in err and SECRET not in err
+
+
+def test_a_catalog_item_with_a_time_outside_utc_is_a_sentinelhub_error(source, port, token,
+                                                                       requests_mock):
+    item = _item(TILE_A, ACQUIRED, 4.0)
+    item["properties"]["datetime"] = "0001-01-01T00:00:00+01:00"
+    requests_mock.post(CATALOG_URL, json={"type": "FeatureCollection", "features": [item],
+                                          "links": [], "context": {"limit": 100, "returned": 1}})
+    with pytest.raises(SentinelHubError, match=f"unexpected catalog item '{TILE_A}'"):
+        source.search(port, datetime(2024, 1, 1, tzinfo=UTC), datetime(2024, 1, 2, tzinfo=UTC))
+
 # --- fetch -------------------------------------------------------------------------------------
 
 
@@ -378,6 +402,17 @@ def test_a_response_without_data_is_skipped_with_a_reason(source, port, token, r
     outcome = fetch_into_workspace(source, _ref(), port, ws, max_cloud=100)
     assert outcome.status == "skipped" and "no data" in outcome.reason
 
+
+
+def test_an_empty_process_response_is_a_failure_saying_so(source, port, token, requests_mock,
+                                                          tmp_path):
+    requests_mock.post(PROCESS_URL, content=b"", headers={"Content-Type": "image/tiff"})
+    ws = Workspace.open(tmp_path / "ws")
+    outcome = fetch_into_workspace(source, _ref(), port, ws, max_cloud=100)
+    assert outcome.status == "failed"
+    assert f"Process API request for scene {TILE_A}" in outcome.reason
+    assert "response is empty" in outcome.reason
+    assert ws.scene(TILE_A).status == "failed"
 
 # --- credentials: refused, and never leaked ----------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -18,6 +19,7 @@ from imagery.ais.records import (
     _plausible,
     capped_lines,
     parse_time_text,
+    printable,
 )
 from imagery.ais.rules import checked_position, checked_static
 
@@ -63,24 +65,38 @@ def parse_columns(text: str | None) -> dict[str, str]:
     return mapping
 
 
+def _shown(header: list[str], limit: int = 300) -> str:
+    """The header for an error message: it comes from the file (a binary file, a hostile
+    one), so control characters are escaped and a long one is cut."""
+    text = printable(", ".join(header))
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _map_columns(header: list[str], explicit: dict[str, str], path: Path) -> dict[str, int]:
     lower = {name.strip().lower(): i for i, name in enumerate(header)}
     index: dict[str, int] = {}
     for key, column in explicit.items():
         if column.strip().lower() not in lower:
             raise AisError(f"{path}: --columns names {column!r}, which is not in the header "
-                           f"({', '.join(header)})")
+                           f"({_shown(header)})")
         index[key] = lower[column.strip().lower()]
     for key in CSV_FIELDS:
         if key not in index:
             found = next((lower[a] for a in CSV_ALIASES[key] if a in lower), None)
             if found is not None and found not in index.values():
                 index[key] = found
+    names = [name.strip().lower() for name in header]
+    twice = sorted({header[i].strip() for i in index.values() if names.count(names[i]) > 1})
+    if twice:
+        # Which of the two is meant cannot be told; taking one silently may store wrong values.
+        raise AisError(f"{path}: column(s) {printable(', '.join(twice))} appear more than once "
+                       f"in the header ({_shown(header)}); rename one of each so that every "
+                       "column used has one meaning")
     missing = [key for key in CSV_REQUIRED if key not in index]
     if missing:
         raise AisError(
             f"{path}: cannot find column(s) {', '.join(missing)} in the header "
-            f"({', '.join(header)}); map them with --columns mmsi=...,time=...,lat=...,lon=...")
+            f"({_shown(header)}); map them with --columns mmsi=...,time=...,lat=...,lon=...")
     return index
 
 
@@ -102,12 +118,21 @@ def _split(line: str, delimiter: str) -> list[str] | None:
     return None if any("\n" in cell or "\r" in cell for cell in cells) else cells
 
 
+def _first_line(lines: Iterator[str], counts: Counter, reason: str = "blank_line") -> str:
+    """The header: the first line that is not blank (blank ones before it counted)."""
+    for line in lines:
+        if line.strip():
+            return line
+        counts[reason] += 1
+    return ""
+
+
 def _csv_records(lines: Iterable[str], path: Path, tally: Tally,
                 columns: dict[str, str]) -> Iterator[Position | Static]:
     """Lines of a CSV export (one row per line) to position and static records, broken rows
     counted by reason."""
     lines = iter(lines)
-    header_line = next(lines, "")
+    header_line = _first_line(lines, tally.skipped)
     if not header_line:
         return
     delimiter = max(",;\t|", key=header_line.count)

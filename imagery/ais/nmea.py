@@ -85,8 +85,14 @@ class _Clock:
 
 
 def nmea_lines(handle, tally: Tally) -> Iterator[bytes]:
-    """The lines of an NMEA file (binary), overlong ones counted and skipped (capped_lines)."""
-    return capped_lines(handle, MAX_NMEA_LINE, tally)
+    """The lines of an NMEA file (binary), overlong ones counted and skipped (capped_lines).
+    A lone CR also ends a line (binary reading splits at LF only): a logger writing CR alone
+    would otherwise hand over one line holding many sentences."""
+    for line in capped_lines(handle, MAX_NMEA_LINE, tally):
+        if b"\r" in line.rstrip(b"\r\n"):
+            yield from line.splitlines(keepends=True)
+        else:
+            yield line
 
 
 def _column_time(text: bytes) -> int | None:
@@ -109,13 +115,21 @@ def _parse_line(raw: bytes, tally: Tally) -> tuple[NMEASentence, int | None] | N
         tally.rejected["malformed_line"] += 1
         return None
     prefix, suffix = line[: match.start()], line[match.end():]
+    if _SENTENCE.search(suffix):
+        # Sentences run together (a lost line break): the first is whole and checked by its
+        # checksum; what follows is counted, not silently dropped.
+        tally.rejected["malformed_line"] += 1
+        suffix = b""
     line_time = _column_time(prefix)
     if prefix.strip(_SEPARATORS) and line_time is None:
         tally.rejected["bad_timestamp_column"] += 1
         return None
     if line_time is None and suffix.strip(_SEPARATORS):
-        # A trailing column may be a time or anything else a logger appends (receiver id).
-        line_time = _column_time(suffix)
+        # A trailing column may be a time or anything else a logger appends (receiver id): a
+        # number that is no plausible time (",2") is not one, and must not override $PGHP or
+        # --received-at.
+        trailing = _column_time(suffix)
+        line_time = trailing if trailing is not None and _plausible(trailing) else None
     sentence = _produce(match.group(0), tally)
     if sentence is None:
         return None

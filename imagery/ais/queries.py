@@ -69,13 +69,23 @@ def _epoch(moment: datetime | str | int | float) -> int:
     return math.floor(moment.timestamp())
 
 
+def _wrap_lon(lon: float) -> float:
+    return lon if -180.0 <= lon <= 180.0 else (lon + 180.0) % 360.0 - 180.0
+
+
 def positions_near(conn: sqlite3.Connection, lon_min: float, lat_min: float, lon_max: float,
                    lat_max: float, t_start: datetime | str | int | float,
                    t_end: datetime | str | int | float) -> list[AisPosition]:
-    """Positions inside a lon/lat box (lon_min > lon_max crosses the antimeridian) between two
-    times (inclusive; datetimes, ISO text or Unix seconds), ordered by vessel and time."""
+    """Positions inside a lon/lat box (lon_min > lon_max, or a bound past +-180, crosses the
+    antimeridian) between two times (inclusive; datetimes, ISO text or Unix seconds), ordered
+    by vessel and time."""
     if not _has_table(conn, "ais_positions"):
         return []
+    if lon_max - lon_min >= 360:
+        lon_min, lon_max = -180.0, 180.0
+    else:
+        # A box padded past +-180 (a port near the antimeridian) wraps round to the other side.
+        lon_min, lon_max = _wrap_lon(lon_min), _wrap_lon(lon_max)
     lon_test = "(p.lon >= ? AND p.lon <= ?)" if lon_min <= lon_max else "(p.lon >= ? OR p.lon <= ?)"
     rows = conn.execute(
         "SELECT p.mmsi, p.t_epoch, p.lon, p.lat, p.sog_kn, p.cog_deg, p.heading_deg,"

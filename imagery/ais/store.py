@@ -63,6 +63,14 @@ _UPSERT_VESSEL = (
         for f in _VESSEL_FIELDS)
     + ", updated_at = MAX(COALESCE(ais_vessels.updated_at, ''), excluded.updated_at)"
 )
+# Static data waits here (a table of this connection only) until the file is read through:
+# batches of positions are committed as the import goes, and `_forget_unfinished` takes them
+# back if the file is then refused (a corrupt gzip's CRC fails at its very end), but vessel
+# updates merged into ais_vessels could not be taken back.
+_PENDING_STATIC = (
+    "CREATE TEMP TABLE IF NOT EXISTS ais_static_pending (mmsi INTEGER, name TEXT, imo INTEGER,"
+    " callsign TEXT, ship_type INTEGER, length_m REAL, width_m REAL, updated_at TEXT)"
+)
 _INSERT_POSITION = (
     "INSERT OR IGNORE INTO ais_positions (mmsi, time, t_epoch, lon, lat, sog_kn, cog_deg,"
     " heading_deg, nav_status, msg_type, import_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
@@ -89,6 +97,8 @@ class _Store:
         self.last_static: dict[int, tuple] = {}
         self.t_min: int | None = None
         self.t_max: int | None = None
+        conn.execute(_PENDING_STATIC)
+        conn.execute("DELETE FROM temp.ais_static_pending")
 
     def add(self, record: Position | Static) -> None:
         self.seen.add(record.mmsi)
@@ -109,8 +119,21 @@ class _Store:
         if self.last_static.get(record.mmsi) == values:
             return
         self.last_static[record.mmsi] = values
-        self.conn.execute(_UPSERT_VESSEL, (record.mmsi, *values, iso(record.t)))
+        self.conn.execute("INSERT INTO temp.ais_static_pending VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                          (record.mmsi, *values, iso(record.t)))
         self.static_updates += 1
+
+    def apply_statics(self) -> None:
+        """Merge the file's static data into ais_vessels, in file order, in the transaction
+        that marks the import finished."""
+        last = 0
+        while rows := self.conn.execute(
+                "SELECT rowid, mmsi, name, imo, callsign, ship_type, length_m, width_m,"
+                " updated_at FROM temp.ais_static_pending WHERE rowid > ? ORDER BY rowid"
+                " LIMIT ?", (last, BATCH)).fetchall():
+            self.conn.executemany(_UPSERT_VESSEL, [tuple(row[1:]) for row in rows])
+            last = rows[-1][0]
+        self.conn.execute("DELETE FROM temp.ais_static_pending")
 
     def flush(self) -> None:
         if not self.batch:
@@ -177,8 +200,11 @@ def _import_file(ws: Workspace, path: Path, fmt: str | None, received_at: str | 
     report = ImportReport(file=str(path), sha256=sha256_file(path), format=fmt)
     ensure_schema(ws)
     with ws.transaction() as conn:
+        # An import that kept nothing (every row refused: a wrong --columns, say) does not
+        # count: importing the file again, told better, must be able to add its rows.
         previous = conn.execute("SELECT finished_at, rejected FROM ais_imports WHERE sha256 = ?"
-                                " AND finished_at IS NOT NULL", (report.sha256,)).fetchone()
+                                " AND finished_at IS NOT NULL AND accepted + static_updates > 0",
+                                (report.sha256,)).fetchone()
         if previous:
             report.already_imported, report.previous_import = True, previous[0]
             report.rejected = json.loads(previous[1])
@@ -218,6 +244,7 @@ def _run_import(conn: sqlite3.Connection, path: Path, report: ImportReport,
             f"{path}: none of its {tally.messages} messages carries a time (no tag block c:, "
             "$PGHP sentence or timestamp column); say when it was received with "
             "--received-at T or --received-at T1/T2 (ISO 8601, UTC)")
+    store.apply_statics()
     _fill_report(report, store, tally)
     _log_import(conn, import_id, report)
     return store.seen

@@ -9,7 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from imagery.ais.csv_rows import _csv_lines, _split
+from imagery.ais.csv_rows import _csv_lines, _first_line, _shown, _split
 from imagery.ais.queries import _watchlisted
 from imagery.ais.records import (
     AisError,
@@ -89,12 +89,13 @@ def _watchlist_rows(lines: Iterable[str], path: Path,
                     rejected: Counter) -> Iterator[tuple[int | None, int | None, str | None,
                                                          str | None]]:
     lines = iter(lines)
-    header = [h.strip().lower() for h in _split(next(lines, ""), ",") or []]
+    first = _first_line(lines, rejected, "empty_row")  # blank lines before the header
+    header = [h.strip().lower() for h in _split(first, ",") or []]
     index = {key: next((header.index(a) for a in aliases if a in header), None)
              for key, aliases in WATCHLIST_ALIASES.items()}
     if all(index[k] is None for k in ("mmsi", "imo", "name")):
         raise AisError(f"{path}: a watchlist needs a header with mmsi, imo or name "
-                       f"(and optionally note); found {', '.join(header) or 'nothing'}")
+                       f"(and optionally note); found {_shown(header) or 'nothing'}")
     for line in lines:
         try:
             row = _split(line, ",")

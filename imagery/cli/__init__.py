@@ -37,8 +37,9 @@ def _date(text: str) -> datetime:
 
 def _end_date(text: str) -> datetime:
     moment = _date(text)
-    # A bare date as --end means the whole of that day.
-    return moment + timedelta(days=1) - timedelta(seconds=1) if len(text.strip()) == 10 else moment
+    # A bare date as --end means the whole of that day (its last second: 9999-12-31 has no
+    # day after it to count back from).
+    return moment.replace(hour=23, minute=59, second=59) if len(text.strip()) == 10 else moment
 
 
 def _tcp_port(text: str) -> int:
@@ -471,7 +472,7 @@ def cmd_alerts(args: argparse.Namespace) -> int:
         sys.stdout.write(format_alerts([], args.format))
         return 0
     rows = query_alerts(ws, port=port, since=args.since, until=args.until, status=args.status)
-    gaps = no_coverage_scenes(ws, port=port, since=args.since)
+    gaps = no_coverage_scenes(ws, port=port, since=args.since, until=args.until)
     sys.stdout.write(format_alerts(rows, args.format, gaps))
     if args.format == "csv":  # CSV stays rows only: the coverage note goes to stderr
         for line in coverage_lines(gaps):

@@ -46,7 +46,13 @@ def write_report(ws: Workspace, port: Port, start: datetime | None = None,
 
     result = build_calls(ws, port, start, end, config)  # raises before anything is written
     folder = Path(out) if out else default_report_dir(ws, port.name)
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not folder.is_dir():
+        raise ReportError(f"{folder} is a file, not a folder; choose another --out")
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReportError(f"cannot make the folder {folder.parent}: "
+                          f"{exc.strerror or exc}") from None
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         charts = {"calls": calls_per_month_chart(result, staging / "tanker_calls_per_month.png"),

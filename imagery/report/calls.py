@@ -134,20 +134,27 @@ def build_calls(ws: Workspace, port: Port, start: datetime | None, end: datetime
         if not scenes:
             raise ReportError(f"no scenes of port {port.name!r}{_period(start, end)} "
                               f"in workspace {ws.root}")
+        # A call already under way at --from began before the period: it is that earlier
+        # month's call (by first seen), so the scenes before the period are read too, and such
+        # a call is left out rather than counted again as new on the period's first scene.
+        history = _scenes(conn, port, None, end) if start else scenes
         start = start or _time(scenes[0]["acquisition_time"])
         end = end or _time(scenes[-1]["acquisition_time"])
         berths = {z.name for z in port.zones if z.kind == "berth"}
         oil = {z.name for z in port.zones if z.oil_berth}
-        done = [s for s in scenes if s["done"]]
+        done = [s for s in history if s["done"]]
         observed = [_scene_state(conn, s["scene_id"], berths) for s in done]
         declared = _declared_calls(conn, port, done, observed)
         undeclared = _undeclared_calls(conn, port, done, observed)
         verdicts = latest_verdicts(conn)
         types = latest_vessel_types(conn)
-        models = sorted({(s["model"] or "?", s["weights_sha256"] or "?") for s in done})
+        models = sorted({(s["model"] or "?", s["weights_sha256"] or "?")
+                         for s in scenes if s["done"]})
     finally:
         conn.close()
-    calls = sorted(declared + undeclared, key=lambda c: (c.first_seen, c.zone, c.call_id))
+    in_period = {s["scene_id"] for s in scenes}
+    calls = sorted((c for c in declared + undeclared if c.scene_ids[0] in in_period),
+                   key=lambda c: (c.first_seen, c.zone, c.call_id))
     for call in calls:
         _review_status(call, verdicts, types)
         _decide(call, oil, config)
@@ -192,8 +199,11 @@ def _scene_state(conn: sqlite3.Connection, scene_id: str, berths: set[str]) -> d
         " JOIN detections d ON d.scene_id = m.scene_id AND d.det_id = m.det_id"
         " WHERE m.scene_id = ?", (scene_id,)) if r["zone"] in berths]
     ais_only = [dict(r) for r in conn.execute(
-        "SELECT mmsi, zone, lon, lat FROM ais_only WHERE scene_id = ?", (scene_id,))
+        "SELECT mmsi, zone, lon, lat, reason FROM ais_only WHERE scene_id = ?", (scene_id,))
         if r["zone"] in berths]
+    for row in ais_only:  # AIS places it where cloud hid the berth, or its very spot
+        row["hidden"] = (row["zone"] in unknown
+                         or (row["reason"] or "").startswith("hidden by cloud"))
     alerts = [dict(r) for r in conn.execute(
         "SELECT alert_id, det_id, lon, lat, length_m, zone FROM alerts WHERE scene_id = ?"
         " ORDER BY det_id", (scene_id,)) if r["zone"] in berths]
@@ -207,8 +217,12 @@ def _declared_calls(conn, port: Port, done: list[dict], observed: list[dict]) ->
     calls: list[PortCall] = []
     for scene, state in zip(done, observed, strict=True):
         here: dict[int, tuple[dict, bool]] = {}
+        hidden = set()  # placed by AIS where cloud hid it: neither starts, ends nor extends
         for row in state["ais_only"]:
-            here[row["mmsi"]] = (row, False)
+            if row["hidden"]:
+                hidden.add(row["mmsi"])
+            else:
+                here[row["mmsi"]] = (row, False)
         for row in state["matched"]:
             here[row["mmsi"]] = (row, True)
         for mmsi, (row, seen) in here.items():
@@ -225,7 +239,7 @@ def _declared_calls(conn, port: Port, done: list[dict], observed: list[dict]) ->
                 call.seen = True
                 if row["length_m"] is not None:
                     call.lengths_m.append(float(row["length_m"]))
-        for mmsi in [m for m in open_calls if m not in here]:
+        for mmsi in [m for m in open_calls if m not in here and m not in hidden]:
             if open_calls[mmsi].zone not in state["unknown"]:
                 del open_calls[mmsi]  # AIS no longer places it at the berth it could see
     for call in calls:

@@ -26,6 +26,12 @@ def _pyplot():
     return plt
 
 
+def _plain(text: str) -> str:
+    """External text drawn as it is: matplotlib reads text between two $ as mathematics (and
+    fails on a malformed formula)."""
+    return text.replace("$", r"\$")
+
+
 def _stamp(fig, simulated: bool) -> None:
     if simulated:
         fig.text(0.5, 0.5, "SIMULATED", fontsize=60, color="#d62728", alpha=0.18,
@@ -58,7 +64,7 @@ def calls_per_month_chart(result: CallsResult, out: str | os.PathLike) -> Path:
     ax.set_ylim(0, top * 1.2 + 0.5)
     ax.set_ylabel("tanker calls")
     prefix = "SIMULATED: " if result.simulated else ""
-    ax.set_title(f"{prefix}{result.port.title}\ntanker calls per month (by first seen)")
+    ax.set_title(f"{prefix}{_plain(result.port.title)}\ntanker calls per month (by first seen)")
     if any(m.state != "not seen" for m in months):
         ax.legend(fontsize=8, loc="upper left")
     ax.yaxis.get_major_locator().set_params(integer=True)
@@ -71,12 +77,12 @@ def _first_seen(months) -> int:
     return next((i for i, m in enumerate(months) if m.state != "not seen"), -1)
 
 
-def cumulative_barrels_chart(result: CallsResult, out: str | os.PathLike) -> Path:
-    """Cumulative barrels of the tanker calls (by first seen), restarting each calendar year
-    as the cap does, with the low-high range shaded and the 500,000-barrel cap line."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+def cumulative_series(result: CallsResult) -> dict[int, tuple[list, list, list, list]]:
+    """year -> (times, low, central, high): each calendar year's cumulative barrels of the
+    tanker calls by first seen, from 0 at the year's (or period's) start to its end. A call
+    first seen at the very turn of a year counts in the new year only."""
     start, end = result.start, result.end
+    series = {}
     for year in range(start.year, end.year + 1):
         t0 = max(start, datetime(year, 1, 1, tzinfo=UTC))
         # To the end of the period's last day, so that calls on that day show as steps.
@@ -84,7 +90,7 @@ def cumulative_barrels_chart(result: CallsResult, out: str | os.PathLike) -> Pat
         t1 = min(last_day, datetime(year + 1, 1, 1, tzinfo=UTC))
         times, low, mid, high = [t0], [0.0], [0.0], [0.0]
         for call in result.calls:
-            if call.barrels is None or not t0 <= call.first_seen <= t1:
+            if call.barrels is None or not t0 <= call.first_seen < t1:
                 continue
             times.append(call.first_seen)
             low.append(low[-1] + call.barrels.low)
@@ -94,6 +100,17 @@ def cumulative_barrels_chart(result: CallsResult, out: str | os.PathLike) -> Pat
         low.append(low[-1])
         mid.append(mid[-1])
         high.append(high[-1])
+        series[year] = (times, low, mid, high)
+    return series
+
+
+def cumulative_barrels_chart(result: CallsResult, out: str | os.PathLike) -> Path:
+    """Cumulative barrels of the tanker calls (by first seen), restarting each calendar year
+    as the cap does, with the low-high range shaded and the 500,000-barrel cap line."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=110)
+    start = result.start
+    for year, (times, low, mid, high) in cumulative_series(result).items():
         ax.fill_between(times, low, high, step="post", color="#4c72b0", alpha=0.25,
                         label="low - high (length error)" if year == start.year else None)
         ax.step(times, mid, where="post", color="#4c72b0",
@@ -109,7 +126,8 @@ def cumulative_barrels_chart(result: CallsResult, out: str | os.PathLike) -> Pat
                label=f"UN cap: {UN_ANNUAL_CAP_BARRELS:,} barrels a year (UNSCR 2397)")
     ax.set_ylabel("barrels (cumulative in the calendar year)")
     prefix = "SIMULATED: " if result.simulated else ""
-    ax.set_title(f"{prefix}{result.port.title}\nestimated barrels carried by tanker calls")
+    ax.set_title(f"{prefix}{_plain(result.port.title)}\n"
+                 "estimated barrels carried by tanker calls")
     ax.legend(fontsize=8, loc="upper left")
     ax.set_ylim(0, max(UN_ANNUAL_CAP_BARRELS * 1.1, ax.get_ylim()[1]))
     ax.yaxis.set_major_formatter(lambda v, _: f"{v:,.0f}")

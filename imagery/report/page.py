@@ -11,6 +11,7 @@ import json
 from html import escape
 from pathlib import Path
 
+from imagery.csv_cells import csv_cell
 from imagery.report.calls import LITTLE_VISIBILITY_SCENES, CallsResult, PortCall, monthly_counts
 from imagery.tankers import BARRELS_PER_M3, UN_ANNUAL_CAP_BARRELS
 
@@ -58,7 +59,7 @@ def calls_csv(result: CallsResult) -> str:
     writer = csv.DictWriter(buffer, fieldnames=CALL_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for call in result.calls:
-        writer.writerow(call_row(call))
+        writer.writerow({k: csv_cell(v) for k, v in call_row(call).items()})
     return buffer.getvalue()
 
 
@@ -160,13 +161,31 @@ img{max-width:100%;display:block;margin:0.5em 0}
 .sim{background:#d62728;color:#fff;font-weight:bold;padding:0.4em 0.8em;font-size:1.2em}"""
 
 
+def barrels_summary(result: CallsResult) -> str:
+    """The estimated barrels per calendar year against the annual cap (a period over two
+    years summed against one year's cap would overstate it), and the tanker calls left out
+    of them for want of a length estimate."""
+    years: dict[int, list] = {}
+    for call in result.calls:
+        if call.barrels:
+            years.setdefault(call.first_seen.year, []).append(call.barrels)
+    parts = [f"{year}: estimated <b>{sum(b.central for b in got):,.0f}</b> barrels (range "
+             f"{sum(b.low for b in got):,.0f} - {sum(b.high for b in got):,.0f}), "
+             f"{100 * sum(b.central for b in got) / UN_ANNUAL_CAP_BARRELS:.1f} % of the"
+             for year, got in sorted(years.items())]
+    text = ("; ".join(parts) + f" UN cap of {UN_ANNUAL_CAP_BARRELS:,} barrels a year."
+            if parts else "No barrels estimated.")
+    unsized = sum(1 for call in result.calls if call.tanker and call.barrels is None)
+    if unsized:
+        text += (f" {unsized} tanker call(s) have no length estimate (no scene measured"
+                 " them) and are <b>not in the barrels</b>.")
+    return text
+
+
 def render_page(result: CallsResult, charts: dict[str, Path]) -> str:
     counts = monthly_counts(result)
     total = sum(c["detected"] for c in counts.values())
     confirmed = sum(c["confirmed"] for c in counts.values())
-    central = sum(call.barrels.central for call in result.calls if call.barrels)
-    low = sum(call.barrels.low for call in result.calls if call.barrels)
-    high = sum(call.barrels.high for call in result.calls if call.barrels)
     sim = ('<p class="sim">SIMULATED: made from simulated scenes and simulated AIS; '
            'these are not observations.</p>') if result.simulated else ""
     title = (f"{'SIMULATED: ' if result.simulated else ''}{result.port.title}: tanker calls, "
@@ -177,9 +196,8 @@ def render_page(result: CallsResult, charts: dict[str, Path]) -> str:
 <title>{escape(title)}</title><style>{STYLE}</style></head><body>
 {sim}<h1>{escape(title)}</h1>
 <p><b>{total}</b> tanker call(s) seen, {confirmed} of them resting on an analyst's
-confirmation; estimated <b>{central:,.0f}</b> barrels (range {low:,.0f} - {high:,.0f}) against
-the UN cap of {UN_ANNUAL_CAP_BARRELS:,} barrels a year. Berth zones are approximate unless
-the port file says otherwise.</p>
+confirmation. {barrels_summary(result)} Berth zones are approximate unless the port file
+says otherwise.</p>
 {_img(charts["calls"], "tanker calls per month")}
 {_img(charts["barrels"], "cumulative estimated barrels against the UN cap")}
 <h2>Months</h2>{_months_table(result)}

@@ -23,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from imagery.alerts import no_coverage_scenes
+from imagery.csv_cells import csv_row
 from imagery.pipeline import open_workspace
 from imagery.review import db as review_db
 from imagery.review import media as review_media
@@ -319,7 +320,7 @@ def _apply_vessel_edit(ws: Workspace, view: review_media.AlertView, form: dict[s
     known = {v.ref: v for v in view.vessels}
     if action in ("move", "delete") and (ref not in known or known[ref].state == "deleted"):
         raise HTTPException(400, "no such vessel in this scene")
-    if action not in review_db.EDIT_ACTIONS:
+    if action not in review_db.EDIT_ACTIONS or (action == "add" and ref):
         raise HTTPException(400, "unknown action")
     payload: dict = {"target": ref} if ref else {}
     if action in ("add", "move"):
@@ -450,7 +451,7 @@ def confirmed_as_csv(ws: Workspace) -> str:
     writer = csv.writer(out)
     writer.writerow(CONFIRMED_COLUMNS)
     for row in review_db.confirmed_calls(ws):
-        writer.writerow([review_media.csv_cell(row.get(c)) for c in CONFIRMED_COLUMNS])
+        writer.writerow(csv_row(row.get(c) for c in CONFIRMED_COLUMNS))
     return out.getvalue()
 
 

@@ -18,6 +18,7 @@ left out of both.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -38,6 +39,7 @@ from imagery.scene import SceneInfo, write_scene
 from imagery.workspace import Workspace, utc_now
 
 SQUARE_PX = 3.0  # side of the stand-in outline of a vessel whose size is unknown
+MAX_FOLDER_BYTES = 200  # of a scene id in a folder name (file systems allow 255)
 WIDTH_RATIO = 0.16  # beam / length of a typical small tanker, when only the length is known
 
 
@@ -110,9 +112,15 @@ def export_scene(ws: Workspace, scene_id: str, out: Path, margin: int = CHIP_HAL
 
 
 def folder_name(scene_id: str) -> str:
-    """A scene id as one safe path component (ids come from catalogues: never trusted)."""
+    """A scene id as one safe path component (ids come from catalogues: never trusted). An
+    id that had to be changed (or shortened) gets a digest of itself appended, so two ids that
+    differ only in the characters replaced (`S2 A`, `S2_A`) never share, and overwrite, one
+    folder."""
     name = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in scene_id)
-    return name.lstrip(".") or "scene"
+    name = name.lstrip(".").encode()[:MAX_FOLDER_BYTES].decode("utf-8", "ignore") or "scene"
+    if name != scene_id:
+        name += "-" + hashlib.sha256(scene_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return name
 
 
 def _inside(win: Window, v: Vessel) -> bool:

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import re
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pyproj import Transformer
 
 from imagery import ais
+from imagery.csv_cells import csv_row
 from imagery.pipeline import CHIP_HALF
 from imagery.ports import Port, PortsError, get_port
 from imagery.reconcile import AisFix, Gates, Placement, place_vessels
@@ -334,7 +336,9 @@ def timeline_png(ws: Workspace, port: str, simulated: bool = False) -> Path | No
     if ws.read_only:  # no plot can be drawn into a read-only workspace
         return None
     for old in folder.glob(f"{port}-*.png"):  # an older plot of this port is out of date
-        old.unlink(missing_ok=True)
+        # (only this port's: `nakhodka-*` also matches port `nakhodka-oil`'s plots)
+        if re.fullmatch(rf"{re.escape(port)}-[0-9a-f]{{16}}\.png", old.name):
+            old.unlink(missing_ok=True)
     title = f"{port}: vessels at berths per scene" + ("  (SIMULATED)" if simulated else "")
     plot_rows = [dict(r, time=parse_time(r["time"])) for r in rows]
     timeline_plot(plot_rows, path, title)
@@ -370,24 +374,19 @@ AIS_CSV_COLUMNS = ("mmsi", "name", "imo", "length_m", "time", "lon", "lat", "sog
                    "heading_deg", "nav_status", "msg_type", "source_file")
 
 
-def csv_cell(value: object) -> object:
-    """Text a spreadsheet would run as a formula is quoted (CSV injection)."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
-
-
 def ais_csv(rows: list[ais.AisPosition], names: dict[int, ais.VesselInfo]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(AIS_CSV_COLUMNS)
     for r in rows:
         info = names.get(r.mmsi)
-        writer.writerow([r.mmsi, csv_cell(info.name) if info else None, info.imo if info else None,
-                         info.length_m if info else None,
-                         r.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), r.lon, r.lat,
-                         r.sog_kn, r.cog_deg, r.heading_deg, r.nav_status, r.msg_type,
-                         Path(r.source_file).name])
+        # Every cell, not only the name: the source file's name is external text too.
+        writer.writerow(csv_row((
+            r.mmsi, info.name if info else None, info.imo if info else None,
+            info.length_m if info else None,
+            r.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), r.lon, r.lat,
+            r.sog_kn, r.cog_deg, r.heading_deg, r.nav_status, r.msg_type,
+            Path(r.source_file).name)))
     return out.getvalue()
 
 

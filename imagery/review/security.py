@@ -150,7 +150,8 @@ def _token_login(request: Request, token: str) -> Response | None:
     if given is None or not hmac.compare_digest(given.encode(), token.encode()):
         return None
     rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-    target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+    # One leading `/`: a path of `//host` would send the browser to another site.
+    target = "/" + request.url.path.lstrip("/") + (f"?{urlencode(rest)}" if rest else "")
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(AUTH_COOKIE, _session_digest(token), httponly=True, samesite="strict")
     return response
