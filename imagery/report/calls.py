@@ -4,8 +4,8 @@ the rule's decision and barrels; and what each month's scenes could see.
 Two kinds of call, built from every reconciled scene in time order:
 - declared: an AIS vessel placed at a berth (matched to a detection, or placed and not seen)
   in consecutive scenes; a scene where AIS no longer places it there ends the call, a scene
-  where that berth was hidden by cloud neither ends nor extends it. Counted when at least one
-  scene saw it (matched to a detection).
+  where that berth was hidden by cloud neither starts, ends nor extends it. Counted when at
+  least one scene saw it (matched to a detection).
 - undeclared: alerts (berthed detections no AIS vessel explains) at the same spot of the same
   berth with lengths that agree, in consecutive scenes, ended and kept the same way.
 """

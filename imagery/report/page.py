@@ -129,7 +129,7 @@ def _method(result: CallsResult) -> str:
 <h2>Method</h2>
 <p>A <b>port call</b> is a vessel at a berth in consecutive scenes: declared when AIS places
 a vessel there, undeclared when a berthed detection is one no AIS vessel explains (an alert);
-a scene whose berth was hidden by cloud neither ends nor extends a call.
+a scene whose berth was hidden by cloud neither starts, ends nor extends a call.
 A call is a <b>tanker call</b> by the first of these rules that applies:
 (1) the analyst's vessel type (tanker: yes; cargo or other: no);
 (2) the matched AIS vessel's ship type (80-89: yes; any other: no);
