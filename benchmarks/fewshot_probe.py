@@ -35,6 +35,7 @@ from pyproj import Transformer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.adapt_bench import blind_model  # noqa: E402
 from imagery.detector import (  # noqa: E402
     SCENE_BANDS,
     BerthNet,
@@ -47,7 +48,6 @@ from training.chips import find_scene_dirs  # noqa: E402
 from training.evaluate import (  # noqa: E402
     SWEEP,
     _ship_outlines,
-    fold_models,
     match_pairs,
     plateau_middle,
     predict_folder,
@@ -92,7 +92,7 @@ def feature_maps(model: BerthNet, info: SceneInfo) -> tuple[dict[str, torch.Tens
     x = F.pad(x, (0, (-x.shape[-1]) % 8, 0, (-x.shape[-2]) % 8))
     present = torch.tensor([[b in info.bands for b in SCENE_BANDS]])
     f1, f2, f4, f8 = model.encode(x.float(), present)
-    head = model.head(model.up1(model.up2(model.up4(f8, f4), f2), f1))
+    head = model.head_features(f1, f2, f4, f8)
     return {"f8": f8.float()[0], "f4": f4.float()[0], "head": head.float()[0]}, scale
 
 
@@ -174,13 +174,12 @@ def leave_one_out(half: Half, a: float) -> np.ndarray:
     rr = Reranker(half, a)
     z = rr.embed(half.feats)
     out = np.empty(len(z))
-    n_pos = int(half.vessel.sum())
     pos_index = np.cumsum(half.vessel) - 1
     neg_index = np.cumsum(~half.vessel) - 1
     for i in range(len(z)):
         pos, neg = rr.pos, rr.neg
         if half.vessel[i]:
-            pos = np.delete(pos, pos_index[i], 0) if n_pos else pos
+            pos = np.delete(pos, pos_index[i], 0)
         else:
             neg = np.delete(neg, neg_index[i], 0)
         out[i] = logit(half.score[i : i + 1])[0] + a * (_near(z[i : i + 1], pos)[0]
@@ -225,13 +224,6 @@ def ceiling(half: Half, op: float) -> dict[str, np.ndarray]:
     return out
 
 
-def blind_fold(entry, port: str):
-    for fold in fold_models(entry):
-        if port in json.loads(fold.path.with_suffix(".json").read_text())["holdout_ports"]:
-            return fold
-    return None
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", nargs="+", required=True, metavar="DIR")
@@ -243,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     ports = {}
     with tempfile.TemporaryDirectory(prefix="fewshot-") as tmp:
         for folder in find_scene_dirs(args.data):
-            fold = blind_fold(entry, folder.name)
+            fold, _ = blind_model(entry, folder.name, leave_ports_out=True)
             if fold is None:
                 print(f"{folder.name}: no fold model held it out; skipped", flush=True)
                 continue

@@ -190,10 +190,14 @@ class BerthNet(nn.Module):
         f4 = self.down4(f2)
         return [f1, f2, f4, self.down8(f4)]
 
+    def head_features(self, f1: torch.Tensor, f2: torch.Tensor, f4: torch.Tensor,
+                      f8: torch.Tensor) -> torch.Tensor:
+        """The full-resolution map the output layer reads (w1 channels)."""
+        return self.head(self.up1(self.up2(self.up4(f8, f4), f2), f1))
+
     def decode(self, f1: torch.Tensor, f2: torch.Tensor, f4: torch.Tensor,
                f8: torch.Tensor) -> torch.Tensor:
-        y = self.up1(self.up2(self.up4(f8, f4), f2), f1)
-        return self.out(self.head(y))
+        return self.out(self.head_features(f1, f2, f4, f8))
 
     def forward(self, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         return self.decode(*self.encode(x, present))

@@ -28,6 +28,7 @@ import numpy as np
 from pyproj import Transformer
 from scipy.optimize import linear_sum_assignment
 
+from imagery.ais.records import wrap_lon
 from imagery.ports import Port
 
 MOORED_NAV_STATUS = (1, 5)  # 1 at anchor, 5 moored (ITU-R M.1371)
@@ -198,7 +199,7 @@ def _place_one(mmsi: int, track: list[AisFix], when: datetime, gates: Gates) -> 
         gap_b, gap_a = when - before.time, after.time - when
         if gap_b <= gates.interpolate_max_gap and gap_a <= gates.interpolate_max_gap:
             w = gap_b / (gap_b + gap_a)
-            lon = _wrap_lon(before.lon + w * _lon_delta(before.lon, after.lon))
+            lon = wrap_lon(before.lon + w * _lon_delta(before.lon, after.lon))
             lat = before.lat + w * (after.lat - before.lat)
             return Placement(mmsi, lon, lat, "interpolated", min(gap_b, gap_a).total_seconds())
     if before and _moored(before, gates) and when - before.time <= gates.moored_hold:
@@ -223,10 +224,6 @@ def _moored(fix: AisFix, gates: Gates) -> bool:
 def _lon_delta(a: float, b: float) -> float:
     """b - a the short way round, in [-180, 180): 179.999 to -179.999 is 0.002, not -360."""
     return (b - a + 180.0) % 360.0 - 180.0
-
-
-def _wrap_lon(lon: float) -> float:
-    return lon if -180.0 <= lon <= 180.0 else (lon + 180.0) % 360.0 - 180.0
 
 
 def _distance_m(a: AisFix, b: AisFix) -> float:

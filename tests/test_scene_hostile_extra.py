@@ -93,7 +93,7 @@ def gdal_disk_full(monkeypatch):
         raise rasterio.errors.RasterioIOError("Write failed. See previous exception for details.")
 
     monkeypatch.setattr(rasterio.io.DatasetWriter, "write", failing_write)
-    monkeypatch.setattr(scene, "_space_left", lambda folder: 0, raising=False)
+    monkeypatch.setattr(scene, "_space_left", lambda folder: 0)
 
 
 def test_a_full_disk_while_gdal_writes_a_scene_is_an_enospc_and_leaves_nothing(

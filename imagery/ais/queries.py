@@ -16,6 +16,7 @@ from imagery.ais.records import (
     iso,
     name_key,
     parse_time_text,
+    wrap_lon,
 )
 from imagery.workspace import Workspace
 
@@ -69,10 +70,6 @@ def _epoch(moment: datetime | str | int | float) -> int:
     return math.floor(moment.timestamp())
 
 
-def _wrap_lon(lon: float) -> float:
-    return lon if -180.0 <= lon <= 180.0 else (lon + 180.0) % 360.0 - 180.0
-
-
 def positions_near(conn: sqlite3.Connection, lon_min: float, lat_min: float, lon_max: float,
                    lat_max: float, t_start: datetime | str | int | float,
                    t_end: datetime | str | int | float) -> list[AisPosition]:
@@ -85,7 +82,7 @@ def positions_near(conn: sqlite3.Connection, lon_min: float, lat_min: float, lon
         lon_min, lon_max = -180.0, 180.0
     else:
         # A box padded past +-180 (a port near the antimeridian) wraps round to the other side.
-        lon_min, lon_max = _wrap_lon(lon_min), _wrap_lon(lon_max)
+        lon_min, lon_max = wrap_lon(lon_min), wrap_lon(lon_max)
     lon_test = "(p.lon >= ? AND p.lon <= ?)" if lon_min <= lon_max else "(p.lon >= ? OR p.lon <= ?)"
     rows = conn.execute(
         "SELECT p.mmsi, p.t_epoch, p.lon, p.lat, p.sog_kn, p.cog_deg, p.heading_deg,"

@@ -294,6 +294,12 @@ def name_key(name: str | None) -> str | None:
     return " ".join(folded.split()) or None
 
 
+def wrap_lon(lon: float) -> float:
+    """A longitude past +-180 (a box padded across the antimeridian, an interpolation across
+    it) brought back into [-180, 180]."""
+    return lon if -180.0 <= lon <= 180.0 else (lon + 180.0) % 360.0 - 180.0
+
+
 def printable(text: str | None) -> str:
     """Untrusted text made safe to print: control and escape characters shown as escapes."""
     if text is None:
